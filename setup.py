@@ -20,14 +20,22 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
-    package_data={PACKAGE: ["py.typed"]},
+    # The .msg texts in msg/ also ship inside the Python package as ``refavs_ros/_msg`` (package
+    # data of a data-only subpackage mapped onto msg/), so refavs_ros.msgs finds them after a
+    # plain ``pip install .``; a source checkout / editable install reads msg/ directly.
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]) + [f"{PACKAGE}._msg"],
+    package_dir={f"{PACKAGE}._msg": "msg"},
+    package_data={PACKAGE: ["py.typed"], f"{PACKAGE}._msg": ["**/*.msg", "*.md"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", _files("launch/*.py")),
         (f"share/{PACKAGE}/config", _files("config/*.yaml")),
-        (f"share/{PACKAGE}/msg", _files("msg/**/*.msg")),
+        # one entry per folder so msg/<pkg>/X.msg keeps its sub-folder (two AudioData.msg exist)
+        *(
+            (f"share/{PACKAGE}/{os.path.dirname(p)}", [p])
+            for p in _files("msg/**/*.msg")
+        ),
         (f"share/{PACKAGE}/models", _files("models/*")),
     ],
     install_requires=[

@@ -1,8 +1,8 @@
 """Streaming Ref-AVS predictor: the ROS-free core that the node and the bag tools share.
 
-API CONTRACT (implementation in progress; signatures and semantics are fixed):
+Usage::
 
-    predictor = StreamingPredictor.from_pretrained(weights=None, config=PredictorConfig())
+    predictor = StreamingPredictor.from_pretrained()          # shipped tiny model
     predictor.set_command("the dog that is barking")       # cheap per-command call
     predictor.push_audio(stamp_ns, samples, sample_rate)    # cheap: appends to a ring buffer
     predictor.push_image(stamp_ns, image_rgb_uint8)         # cheap: keeps the latest frame
@@ -11,18 +11,36 @@ API CONTRACT (implementation in progress; signatures and semantics are fixed):
 
 * ``stamp_ns``: int nanoseconds (ROS ``header.stamp`` as ``sec * 10**9 + nanosec``); for audio
   the stamp of the chunk's FIRST sample.
-* ``image``: numpy uint8 (H, W, 3) RGB, any size (use ``refavs_ros.conversions`` to get it from a
+* ``image``: numpy uint8 (H, W, 3) RGB, any size (``refavs_ros.conversions`` gets it from a
   ``sensor_msgs/Image``).
-* ``samples``: numpy (N,) or (N, C), int16/int32/uint8/float32, any rate; resampled to 16 kHz mono.
+* ``samples``: numpy (N,) or (N, C), int16/int32/uint8/float32, any rate; resampled to 16 kHz
+  mono on push.
 * ``step()`` returns a :class:`Prediction` for the NEWEST pushed image, or ``None`` when no new
-  image arrived since the last step or no command is set.
+  image arrived since the last step or no command is set. Frames pushed between two steps are
+  skipped (never queued), so latency does not grow when the camera is faster than the model.
+
+Audio-visual alignment is by header stamps: the audio example of a frame is the 0.975 s
+(one VGGish example) of 16 kHz audio ending at the frame's stamp, or at the end of the buffered
+audio when the audio lags by at most ``max_av_skew_sec``; further behind, the frame gets
+silence and ``Prediction.audio_ok`` is False. A frame enters the cached memory when at least
+``frame_stride_sec`` passed since the last frame that entered it (paper: 1 frame per second).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import cv2
 import numpy as np
+
+from refavs_ros import audio
+from refavs_ros.backends.registry import create_backend
+from refavs_ros.errors import ConfigError, InputError
+from refavs_ros.models.streaming import StreamEngine
+from refavs_ros.models.text import check_command
+from refavs_ros.resources import default_weights_path
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,8 @@ class Prediction:
         command: the command text in force.
         timings_ms: wall time per stage in ms (keys ``visual``, ``audio``, ``fusion``,
             ``decode``, ``total``).
+        audio_ok: False when the audio lagged the frame by more than ``max_av_skew_sec`` (or
+            none was pushed yet) and silence was used.
     """
 
     stamp_ns: int
@@ -78,3 +98,317 @@ class Prediction:
     bbox: tuple[int, int, int, int] | None
     command: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    audio_ok: bool = True
+
+
+class AudioRing:
+    """16 kHz mono ring buffer placed on the header-stamp time line.
+
+    Sample ``i`` (absolute index since the first push) has time ``origin_ns + i * 62500`` ns.
+    A chunk whose stamp is within ``tolerance_sec`` of the buffer end is appended contiguously
+    (stamp jitter is ignored); a later stamp leaves a gap that is filled with silence (dropped
+    packets); an earlier stamp (overlap, out of order) is rejected.
+
+    Args:
+        capacity_sec: seconds kept (older samples are discarded), > 1.
+        tolerance_sec: jitter accepted between a chunk's stamp and the buffer end (s).
+    """
+
+    NS_PER_SAMPLE = 1_000_000_000 // audio.SAMPLE_RATE  # 62500 ns at 16 kHz
+
+    def __init__(self, capacity_sec: float = 30.0, tolerance_sec: float = 0.02) -> None:
+        self.capacity = int(capacity_sec * audio.SAMPLE_RATE)
+        self.tolerance = int(tolerance_sec * audio.SAMPLE_RATE)
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget all audio (the next push sets a new origin)."""
+        self.origin_ns: int | None = None
+        self.start = 0  # absolute index of self.data[0]
+        self.data = np.zeros(0, np.float32)
+
+    @property
+    def end(self) -> int:
+        """Absolute index one past the last buffered sample."""
+        return self.start + self.data.size
+
+    def index_at(self, stamp_ns: int) -> int:
+        """Absolute sample index of a stamp (floor). Requires a first push."""
+        assert self.origin_ns is not None
+        return (int(stamp_ns) - self.origin_ns) // self.NS_PER_SAMPLE
+
+    def end_ns(self) -> int | None:
+        """Stamp (ns) one sample past the buffer end, None when empty."""
+        return None if self.origin_ns is None else self.origin_ns + self.end * self.NS_PER_SAMPLE
+
+    def push(self, stamp_ns: int, samples_16k: np.ndarray) -> None:
+        """Place a 16 kHz mono chunk whose first sample has ``stamp_ns``.
+
+        Raises:
+            InputError: the chunk starts before the buffered audio ends (beyond tolerance).
+        """
+        if self.origin_ns is None:
+            self.origin_ns = int(stamp_ns)
+        pos = self.index_at(stamp_ns)
+        if pos < self.end - self.tolerance:
+            raise InputError(
+                f"audio chunk stamped {stamp_ns} ns starts {(self.end - pos) / audio.SAMPLE_RATE:.3f} s before "
+                "the end of the buffered audio (out of order or overlapping); dropped"
+            )
+        gap = pos - self.end if pos > self.end + self.tolerance else 0
+        parts = [self.data, np.zeros(min(gap, self.capacity), np.float32), samples_16k.astype(np.float32)]
+        if gap > self.capacity:
+            self.start = pos - self.capacity
+            parts[0] = self.data[:0]
+        self.data = np.concatenate(parts)
+        excess = self.data.size - self.capacity
+        if excess > 0:
+            self.data = self.data[excess:]
+            self.start += excess
+
+    def window(self, end_index: int, length: int) -> np.ndarray:
+        """Samples [end_index - length, end_index) as float32 (length,), zeros where not buffered."""
+        out = np.zeros(length, np.float32)
+        lo, hi = end_index - length, end_index
+        a, b = max(lo, self.start), min(hi, self.end)
+        if b > a:
+            out[a - lo : b - lo] = self.data[a - self.start : b - self.start]
+        return out
+
+
+class StreamingPredictor:
+    """Streaming Ref-AVS predictor over a :class:`refavs_ros.models.streaming.StreamEngine`.
+
+    Args:
+        engine: the model side (EEMC or the official model).
+        config: run-time settings.
+    """
+
+    def __init__(self, engine: StreamEngine, config: PredictorConfig | None = None) -> None:
+        self.engine = engine
+        self.config = config or PredictorConfig()
+        self._audio = AudioRing()
+        self._latest: tuple[int, np.ndarray] | None = None
+        self._last_stepped_ns: int | None = None
+        self._last_commit_ns: int | None = None
+        self._command = ""
+        self._audio_cache: dict[int, np.ndarray] = {}
+        self.update_config(self.config)
+
+    # --------------------------------------------------------------------------- construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        weights: str | Path | None = None,
+        *,
+        config: PredictorConfig | None = None,
+        model: str = "eemc",
+        backend: str = "torch",
+        device: str = "cpu",
+        models_dir: str | Path | None = None,
+        engine_dir: str | Path | None = None,
+        precision: str = "fp16",
+    ) -> "StreamingPredictor":
+        """Build a predictor from weights on disk.
+
+        Args:
+            weights: EEMC safetensors file (None = the shipped ``models/refavs_tiny.safetensors``),
+                or, for ``model="official"``, the released ``ckpt_best_miou.pth``.
+            config: run-time settings.
+            model: ``"eemc"`` (paper model, tiny/base profiles) or ``"official"`` (released EEMC).
+            backend: ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``.
+            device: torch device for the torch backend / the text encoder.
+            models_dir: for ``model="official"``: directory with the Mask2Former, DistilRoBERTa and
+                VGGish sub-models; for EEMC: optional directory of a non-bundled text encoder.
+            engine_dir: cache directory for exported ONNX files / TensorRT engines.
+            precision: TensorRT precision, ``"fp16"`` or ``"fp32"``.
+
+        Raises:
+            ModelLoadError: missing or incompatible weights/sub-model files (named).
+            BackendUnavailableError: the backend library or device is missing.
+            ConfigError: unknown model or backend name.
+        """
+        config = config or PredictorConfig()
+        if model == "official":
+            from refavs_ros.models.official_stream import OfficialStreamEngine
+
+            if weights is None or models_dir is None:
+                raise ConfigError("model 'official' needs weights (ckpt_best_miou.pth) and models_dir")
+            engine: StreamEngine = OfficialStreamEngine.from_pretrained(weights, models_dir, device=device)
+            engine.set_window(config.num_frames)
+            return cls(engine, config)
+        if model != "eemc":
+            raise ConfigError(f"unknown model {model!r}; expected 'eemc' or 'official'")
+        from refavs_ros.models.checkpoint import load_eemc
+        from refavs_ros.models.eemc_stream import EEMCStreamEngine
+        from refavs_ros.models.text import TextEncoder
+
+        path = Path(weights) if weights is not None else default_weights_path()
+        net, _meta = load_eemc(path, device="cpu")
+        stage_backend = create_backend(backend, net, device=device, cache_dir=engine_dir, precision=precision)
+        text_model = str(models_dir) if models_dir is not None else net.cfg.text_model
+        text = TextEncoder.from_pretrained(text_model, net.cfg.max_text_tokens, device=device)
+        engine = EEMCStreamEngine(stage_backend, text, net.cfg, num_frames=config.num_frames, beta=config.beta)
+        return cls(engine, config)
+
+    # ------------------------------------------------------------------------------- commands
+    @property
+    def command(self) -> str:
+        """The referring expression in force ("" when none)."""
+        return self._command
+
+    def set_command(self, text: str) -> None:
+        """Set the referring expression (encoded once); ``""`` clears it.
+
+        The cached memory keeps its frames; their text-dependent features are recomputed.
+
+        Raises:
+            InputError: not a string, only whitespace but non-empty, over-long, or NUL bytes.
+        """
+        if text == "":
+            self._command = ""
+            return
+        stripped = check_command(text)
+        self.engine.set_command(stripped)
+        self._command = stripped
+
+    def update_config(self, config: PredictorConfig) -> None:
+        """Apply new run-time settings (window, stride, thresholds, beta) without reloading.
+
+        Raises:
+            ConfigError: a value is out of range.
+        """
+        if config.num_frames < 1:
+            raise ConfigError(f"num_frames must be >= 1, got {config.num_frames}")
+        if config.frame_stride_sec < 0 or config.max_av_skew_sec < 0:
+            raise ConfigError("frame_stride_sec and max_av_skew_sec must be >= 0")
+        if not 0.0 < config.mask_threshold < 1.0 or not 0.0 <= config.score_threshold <= 1.0:
+            raise ConfigError("mask_threshold must be in (0, 1) and score_threshold in [0, 1]")
+        self.config = config
+        self.engine.set_window(config.num_frames)
+        if hasattr(self.engine, "set_beta"):
+            self.engine.set_beta(config.beta)
+
+    def reset_memory(self) -> None:
+        """Forget the cached memory, buffered audio and pending frame (the command stays)."""
+        self.engine.reset_memory()
+        self._audio.clear()
+        self._audio_cache.clear()
+        self._latest = None
+        self._last_stepped_ns = None
+        self._last_commit_ns = None
+
+    # --------------------------------------------------------------------------------- inputs
+    def push_audio(self, stamp_ns: int, samples: np.ndarray, sample_rate: int) -> None:
+        """Append an audio chunk (any rate/channels) stamped at its first sample.
+
+        Raises:
+            InputError: bad samples (NaN/inf, shape, dtype), bad rate, or a chunk that starts
+                before the buffered audio ends (out of order). The buffer is unchanged then.
+        """
+        mono = audio.to_mono_16k(samples, sample_rate)
+        if self.config.zero_audio:
+            mono = np.zeros_like(mono)
+        self._audio.push(int(stamp_ns), mono)
+
+    def push_image(self, stamp_ns: int, image: np.ndarray) -> None:
+        """Keep ``image`` as the newest frame (cheap; no inference).
+
+        Raises:
+            InputError: not uint8 (H, W, 3), or stamped before the last stepped frame.
+        """
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise InputError(
+                f"image must be uint8 (H, W, 3) RGB, got {getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}"
+            )
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise InputError(f"image is empty ({image.shape[0]}x{image.shape[1]})")
+        if self._last_stepped_ns is not None and int(stamp_ns) <= self._last_stepped_ns:
+            raise InputError(
+                f"image stamped {stamp_ns} ns is not newer than the last processed frame ({self._last_stepped_ns} ns); dropped"
+            )
+        self._latest = (int(stamp_ns), image)
+
+    # ---------------------------------------------------------------------------------- step
+    def step(self) -> Prediction | None:
+        """Run the model on the newest image (expensive per-frame call).
+
+        Returns:
+            The :class:`Prediction`, or None when there is no new image or no command.
+        """
+        if self._latest is None or not self._command:
+            return None
+        t0 = time.perf_counter()
+        stamp_ns, image = self._latest
+        self._latest = None
+        self._last_stepped_ns = stamp_ns
+        frame = self.engine.encode_frame(image)
+        t1 = time.perf_counter()
+        emb, audio_ok = self._audio_for(stamp_ns)
+        t2 = time.perf_counter()
+        stride_ns = int(self.config.frame_stride_sec * 1e9)
+        commit = self._last_commit_ns is None or stamp_ns - self._last_commit_ns >= stride_ns
+        logits, presence_logit = self.engine.step(frame, emb, commit=commit)
+        if commit:
+            self._last_commit_ns = stamp_ns
+        t3 = time.perf_counter()
+        h, w = image.shape[:2]
+        prob = _sigmoid(cv2.resize(logits.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR))
+        score = float(_sigmoid(np.float32(presence_logit)))
+        mask = prob > self.config.mask_threshold
+        found = bool(score >= self.config.score_threshold and mask.any())
+        if not found:
+            mask[:] = False
+            prob[:] = 0.0
+        t4 = time.perf_counter()
+        return Prediction(
+            stamp_ns=stamp_ns,
+            mask=mask,
+            probability=prob,
+            score=score,
+            found=found,
+            bbox=mask_bbox(mask),
+            command=self._command,
+            timings_ms={
+                "visual": (t1 - t0) * 1e3,
+                "audio": (t2 - t1) * 1e3,
+                "fusion": (t3 - t2) * 1e3,
+                "decode": (t4 - t3) * 1e3,
+                "total": (t4 - t0) * 1e3,
+            },
+            audio_ok=audio_ok,
+        )
+
+    def _audio_for(self, stamp_ns: int) -> tuple[np.ndarray, bool]:
+        """Audio embedding aligned with a frame stamp, computed once per example end and cached."""
+        ring = self._audio
+        ok = ring.origin_ns is not None
+        end = 0
+        if ok:
+            end = ring.index_at(stamp_ns)
+            if end > ring.end:
+                lag = (end - ring.end) / audio.SAMPLE_RATE
+                ok = lag <= self.config.max_av_skew_sec
+                end = ring.end if ok else end
+        key = end if ok else -1
+        cached = self._audio_cache.get(key)
+        if cached is None:
+            samples = ring.window(end, audio.EXAMPLE_SAMPLES) if ok else np.zeros(audio.EXAMPLE_SAMPLES, np.float32)
+            cached = self.engine.encode_audio(audio.log_mel_spectrogram(samples))
+            if len(self._audio_cache) > 256:
+                self._audio_cache.clear()
+            self._audio_cache[key] = cached
+        return cached, ok
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Bounding box (x_min, y_min, x_max, y_max), inclusive pixel indices, of a bool mask; None if empty."""
+    ys = np.flatnonzero(mask.any(axis=1))
+    if ys.size == 0:
+        return None
+    xs = np.flatnonzero(mask.any(axis=0))
+    return int(xs[0]), int(ys[0]), int(xs[-1]), int(ys[-1])

@@ -1,0 +1,386 @@
+"""EEMC (Expression Enhancing with Multimodal Cues), paper Sec. 4, as a causal streaming model.
+
+Pipeline per frame tau (shapes for one frame, N = batch * time):
+
+    image (N, 3, S, S) --VisualEncoder--> visual tokens F_V' (N, G*G, d) + pixel features (N, d, S/4, S/4)
+    log-mel (N, 96, 64) --AudioEncoder--> F_A (N, d_A) --audio_proj--> F_A' (N, 1, d)
+    text hidden (N, L, d_T) --text_proj--> F_T' (N, L, d)
+
+    Temporal bi-modal transformer (Sec. 4.3, Eq. 1), per frame:
+        [F_A'; F_T'] -> self-attention -> F^_A (N, 1, d), F^_TA (N, L, d)
+        [F_V'; F_T'] -> self-attention -> F^_V (N, G*G, d), F^_TV (N, L, d)
+    Cached memory (Eq. 2-3): Q_M = (1 + beta) F^_M(tau) - beta C_M(tau),
+        C_M(tau) = mean of F^_M over the earlier memory entries (0 when there is none),
+        over a sliding window of the last W entries.
+    Q_T = mean(F_T', F^_TA, F^_TV)
+    Modality encoding + multimodal integration transformer (Sec. 4.4, Eq. 4):
+        Q_m = MF([Q_A; [aud]; Q_V; [vis]; Q_T])       (N, 1 + 1 + G*G + 1 + L, d)
+    CATF (Eq. 5): mask queries q (N_q, d) cross-attend Q_m  -> q_Q
+    Mask decoder: q_Q attends the pixel features; per-query masks = MLP(q_Q) . pixel embedding;
+        one referred mask = sum_q softmax(score_q) mask_q  (N, S/4, S/4)  [logits]
+    Null reference: presence logit from the score-weighted query  (N,)
+
+The released code (GeWu-Lab/Ref-AVS) differs from this (see ``refavs_ros.models.official``);
+this module follows the paper and is causal: frame tau only sees frames <= tau.
+
+The model is split into stages with named tensors so that backends (PyTorch, ONNX Runtime,
+TensorRT) can run each one: :meth:`EEMC.encode_visual`, :meth:`EEMC.encode_audio`,
+:meth:`EEMC.fuse` and :meth:`EEMC.decode`. :meth:`EEMC.forward` is the batch (clip) path used
+for training and as the reference for the streaming path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from refavs_ros.models.config import EEMCConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ConvBNAct(nn.Sequential):
+    """3x3 (or k x k) convolution + BatchNorm + ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, kernel: int = 3) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class DownBlock(nn.Module):
+    """Stride-2 conv followed by a residual 3x3 conv: (N, cin, H, W) -> (N, cout, H/2, W/2)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.down = ConvBNAct(cin, cout, stride=2)
+        self.conv = ConvBNAct(cout, cout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.down(x)
+        return x + self.conv(x)
+
+
+class VisualEncoder(nn.Module):
+    """Convolutional pyramid + FPN, the visual representation F_V of paper Sec. 4.2.
+
+    Input: pixel values float32 (N, 3, S, S) in [0, 1] (RGB; ImageNet normalisation is applied
+    inside). Output: visual tokens (N, G*G, d) from the stride-16 map average-pooled to G x G,
+    with a learned 2-D position embedding; pixel features (N, d, S/4, S/4) from an FPN over
+    strides 4-16 plus a projection of normalised (x, y) coordinates (so spatial expressions such
+    as "on the left" can be resolved by the mask decoder).
+    """
+
+    def __init__(self, cfg: EEMCConfig) -> None:
+        super().__init__()
+        c1, c2, c3, c4 = cfg.backbone_channels
+        d = cfg.d_model
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.stage1 = DownBlock(3, c1)  # stride 2
+        self.stage2 = DownBlock(c1, c2)  # stride 4
+        self.stage3 = DownBlock(c2, c3)  # stride 8
+        self.stage4 = DownBlock(c3, c4)  # stride 16
+        self.lat4 = nn.Conv2d(c4, d, 1)
+        self.lat3 = nn.Conv2d(c3, d, 1)
+        self.lat2 = nn.Conv2d(c2, d, 1)
+        self.out = ConvBNAct(d, d)
+        self.coord_proj = nn.Conv2d(2, d, 1)
+        side = cfg.image_size // 4
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, side), torch.linspace(-1, 1, side), indexing="ij")
+        self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)  # (1, 2, S/4, S/4)
+        self.token_grid = cfg.token_grid
+        self.token_pos = nn.Parameter(torch.zeros(1, cfg.num_visual_tokens, d))
+        nn.init.trunc_normal_(self.token_pos, std=0.02)
+
+    def forward(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+        x = (pixel_values - self.mean) / self.std
+        c2 = self.stage2(self.stage1(x))  # (N, c2, S/4, S/4)
+        c3 = self.stage3(c2)  # (N, c3, S/8, S/8)
+        c4 = self.stage4(c3)  # (N, c4, S/16, S/16)
+        p4 = self.lat4(c4)
+        p3 = self.lat3(c3) + F.interpolate(p4, scale_factor=2.0, mode="nearest")
+        p2 = self.lat2(c2) + F.interpolate(p3, scale_factor=2.0, mode="nearest")
+        pixel = self.out(p2) + self.coord_proj(self.coords)  # (N, d, S/4, S/4)
+        g = self.token_grid
+        pooled = p4 if p4.shape[-1] == g else F.adaptive_avg_pool2d(p4, g)  # (N, d, G, G)
+        tokens = pooled.flatten(2).transpose(1, 2) + self.token_pos  # (N, G*G, d)
+        return tokens, pixel
+
+
+class AudioEncoder(nn.Module):
+    """Small VGGish-like CNN: log-mel example (N, 96, 64) -> embedding (N, d_A).
+
+    Three stride-2 conv blocks give (N, 64, 12, 8); time is averaged, frequency is kept (pitch
+    matters: it is flattened), then a linear layer maps to d_A (128, like VGGish).
+    """
+
+    def __init__(self, cfg: EEMCConfig) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(ConvBNAct(1, 16, 2), ConvBNAct(16, 32, 2), ConvBNAct(32, 64, 2))
+        self.fc = nn.Linear(64 * 8, cfg.audio_dim)
+
+    def forward(self, log_mel: Tensor) -> Tensor:
+        x = self.convs(log_mel[:, None])  # (N, 64, 12, 8): channels, time, frequency
+        return self.fc(x.mean(dim=2).flatten(1))  # (N, d_A)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with plain matmuls (exports to ONNX/TensorRT without custom ops).
+
+    q (N, Lq, d), kv (N, Lk, d), key_bias (N, 1, 1, Lk) additive (0 = keep, -1e4 = ignore) or
+    None -> (N, Lq, d).
+    """
+
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.o = nn.Linear(d, d)
+
+    def forward(self, q: Tensor, kv: Tensor, key_bias: Tensor | None = None) -> Tensor:
+        n, lq, d = q.shape
+        h = self.heads
+        qh = self.q(q).view(n, lq, h, d // h).transpose(1, 2)  # (N, h, Lq, d/h)
+        kh = self.k(kv).view(n, -1, h, d // h).transpose(1, 2)  # (N, h, Lk, d/h)
+        vh = self.v(kv).view(n, -1, h, d // h).transpose(1, 2)
+        att = qh @ kh.transpose(-1, -2) / math.sqrt(d // h)  # (N, h, Lq, Lk)
+        if key_bias is not None:
+            att = att + key_bias
+        out = att.softmax(dim=-1) @ vh  # (N, h, Lq, d/h)
+        return self.o(out.transpose(1, 2).reshape(n, lq, d))
+
+
+class FeedForward(nn.Sequential):
+    """Position-wise MLP d -> ffn -> d with GELU."""
+
+    def __init__(self, d: int, hidden: int) -> None:
+        super().__init__(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
+
+
+class SelfAttentionLayer(nn.Module):
+    """Pre-norm transformer encoder layer: MF(.) of paper Eq. 1 and Eq. 4."""
+
+    def __init__(self, d: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d)
+        self.attn = Attention(d, heads)
+        self.norm2 = nn.LayerNorm(d)
+        self.ffn = FeedForward(d, ffn)
+
+    def forward(self, x: Tensor, key_bias: Tensor | None = None) -> Tensor:
+        y = self.norm1(x)
+        x = x + self.attn(y, y, key_bias)
+        return x + self.ffn(self.norm2(x))
+
+
+class CrossAttentionLayer(nn.Module):
+    """Pre-norm decoder layer: cross-attention to a source, self-attention, FFN (CATF, Eq. 5)."""
+
+    def __init__(self, d: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.norm_c = nn.LayerNorm(d)
+        self.norm_s = nn.LayerNorm(d)
+        self.cross = Attention(d, heads)
+        self.norm1 = nn.LayerNorm(d)
+        self.self_attn = Attention(d, heads)
+        self.norm2 = nn.LayerNorm(d)
+        self.ffn = FeedForward(d, ffn)
+
+    def forward(self, q: Tensor, src: Tensor, key_bias: Tensor | None = None) -> Tensor:
+        q = q + self.cross(self.norm_c(q), self.norm_s(src), key_bias)
+        y = self.norm1(q)
+        q = q + self.self_attn(y, y)
+        return q + self.ffn(self.norm2(q))
+
+
+def _key_bias(valid: Tensor, prefix: int) -> Tensor:
+    """Additive attention bias over [prefix always-valid tokens ; text tokens].
+
+    valid: text mask (N, L) float or bool, 1 = real token. Returns (N, 1, 1, prefix + L).
+    """
+    keep = torch.cat([torch.ones_like(valid[:, :1]).expand(-1, prefix), valid], dim=1).to(torch.float32)
+    return ((1.0 - keep) * -1e4)[:, None, None, :]
+
+
+class EEMC(nn.Module):
+    """The EEMC model of paper Sec. 4 (see module docstring for the dataflow).
+
+    Args:
+        cfg: sizes and switches; see :class:`EEMCConfig`. The text encoder is not part of this
+            module (it is frozen and run once per command); EEMC consumes its hidden states.
+    """
+
+    def __init__(self, cfg: EEMCConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, h, ffn = cfg.d_model, cfg.num_heads, cfg.ffn_dim
+        self.visual = VisualEncoder(cfg)
+        self.audio = AudioEncoder(cfg)
+        self.audio_proj = nn.Sequential(nn.Linear(cfg.audio_dim, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
+        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
+        self.at_fusion = nn.ModuleList(SelfAttentionLayer(d, h, ffn) for _ in range(cfg.num_layers))
+        self.vt_fusion = nn.ModuleList(SelfAttentionLayer(d, h, ffn) for _ in range(cfg.num_layers))
+        self.aud_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.vis_token = nn.Parameter(torch.zeros(1, 1, d))
+        nn.init.trunc_normal_(self.aud_token, std=0.02)
+        nn.init.trunc_normal_(self.vis_token, std=0.02)
+        self.integration = nn.ModuleList(SelfAttentionLayer(d, h, ffn) for _ in range(cfg.num_layers))
+        self.queries = nn.Parameter(torch.zeros(1, cfg.num_queries, d))
+        nn.init.trunc_normal_(self.queries, std=0.02)
+        self.catf = nn.ModuleList(CrossAttentionLayer(d, h, ffn) for _ in range(cfg.num_layers))
+        self.pixel_attn = CrossAttentionLayer(d, h, ffn)
+        self.mask_embed = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
+        self.query_score = nn.Linear(d, 1)
+        self.presence = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1))
+
+    # ----------------------------------------------------------------- stages (streaming units)
+    def encode_visual(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-frame stage: (N, 3, S, S) in [0, 1] -> tokens (N, G*G, d), pixels (N, d, S/4, S/4)."""
+        return self.visual(pixel_values)
+
+    def encode_audio(self, log_mel: Tensor) -> Tensor:
+        """Per-audio-example stage: log-mel (N, 96, 64) -> audio embedding F_A (N, d_A)."""
+        return self.audio(log_mel)
+
+    def fuse(
+        self, visual_tokens: Tensor, audio_embedding: Tensor, text_hidden: Tensor, text_mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Temporal bi-modal transformer of one frame (paper Eq. 1 and Q_T of Sec. 4.3).
+
+        Args:
+            visual_tokens: F_V' (N, G*G, d).
+            audio_embedding: F_A (N, d_A).
+            text_hidden: text-encoder hidden states (N, L, d_T).
+            text_mask: (N, L) float, 1 for real tokens, 0 for padding.
+
+        Returns:
+            fused_audio F^_A (N, 1, d), fused_visual F^_V (N, G*G, d), and the text cue
+            Q_T = mean(F_T', F^_TA, F^_TV) (N, L, d). F^_A and F^_V feed the cached memory.
+        """
+        t = self.text_proj(text_hidden)  # F_T' (N, L, d)
+        a = self.audio_proj(audio_embedding)[:, None]  # F_A' (N, 1, d)
+        x = torch.cat([a, t], dim=1)  # (N, 1 + L, d)
+        bias = _key_bias(text_mask, 1)
+        for layer in self.at_fusion:
+            x = layer(x, bias)
+        fa, fta = x[:, :1], x[:, 1:]
+        nv = visual_tokens.shape[1]
+        y = torch.cat([visual_tokens, t], dim=1)  # (N, G*G + L, d)
+        bias = _key_bias(text_mask, nv)
+        for layer in self.vt_fusion:
+            y = layer(y, bias)
+        fv, ftv = y[:, :nv], y[:, nv:]
+        return fa, fv, (t + fta + ftv) / 3.0
+
+    def decode(
+        self,
+        fused_audio: Tensor,
+        fused_visual: Tensor,
+        text_cue: Tensor,
+        text_mask: Tensor,
+        memory_audio: Tensor,
+        memory_visual: Tensor,
+        beta: Tensor,
+        pixel_features: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Cached memory (Eq. 2), modality encoding, integration (Eq. 4), CATF (Eq. 5), masks.
+
+        Args:
+            fused_audio: F^_A(tau) (N, 1, d).
+            fused_visual: F^_V(tau) (N, G*G, d).
+            text_cue: Q_T (N, L, d).
+            text_mask: (N, L) float, 1 = real token.
+            memory_audio: C_A(tau) (N, 1, d), mean of earlier F^_A (zeros when none, Eq. 3).
+            memory_visual: C_V(tau) (N, G*G, d).
+            beta: (1,) float, Eq. 2 sensitivity; 0 turns the cached memory off.
+            pixel_features: (N, d, S/4, S/4).
+
+        Returns:
+            mask logits (N, S/4, S/4) and presence logit (N,) (null reference when negative).
+        """
+        qa = (1.0 + beta) * fused_audio - beta * memory_audio  # Q_A, Eq. 2
+        qv = (1.0 + beta) * fused_visual - beta * memory_visual  # Q_V, Eq. 2
+        n = qa.shape[0]
+        if self.cfg.modality_tokens:
+            parts = [qa, self.aud_token.expand(n, -1, -1), qv, self.vis_token.expand(n, -1, -1), text_cue]
+        else:
+            parts = [qa, qv, text_cue]
+        cues = torch.cat(parts, dim=1)  # (N, P + L, d)
+        bias = _key_bias(text_mask, cues.shape[1] - text_cue.shape[1])
+        for layer in self.integration:
+            cues = layer(cues, bias)  # Q_m
+        q = self.queries.expand(n, -1, -1)  # (N, N_q, d)
+        for layer in self.catf:
+            q = layer(q, cues, bias)  # q_Q, Eq. 5
+        pix = F.avg_pool2d(pixel_features, 2).flatten(2).transpose(1, 2)  # (N, (S/8)^2, d)
+        q = self.pixel_attn(q, pix)
+        masks = torch.einsum("nqd,ndhw->nqhw", self.mask_embed(q), pixel_features)  # (N, N_q, h, w)
+        weights = self.query_score(q).softmax(dim=1)  # (N, N_q, 1)
+        logits = (weights[..., None] * masks).sum(dim=1)  # (N, h, w)
+        presence = self.presence((weights * q).sum(dim=1)).squeeze(-1)  # (N,)
+        return logits, presence
+
+    # ----------------------------------------------------------------------- batch (clip) path
+    def forward(
+        self,
+        pixel_values: Tensor,
+        log_mel: Tensor,
+        text_hidden: Tensor,
+        text_mask: Tensor,
+        beta: float | None = None,
+        window: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Clip forward: every frame of a clip, each frame seeing only itself and earlier ones.
+
+        Args:
+            pixel_values: (B, T, 3, S, S) float32 in [0, 1].
+            log_mel: (B, T, 96, 64) float32, the audio example aligned with each frame.
+            text_hidden: (B, L, d_T) text-encoder hidden states.
+            text_mask: (B, L) float, 1 = real token.
+            beta: Eq. 2 sensitivity; None = ``cfg.beta``.
+            window: cached-memory window W in frames (C averages the last W earlier frames);
+                None = from the beginning of the clip (paper Eq. 3).
+
+        Returns:
+            mask logits (B, T, S/4, S/4) and presence logits (B, T).
+        """
+        b, t = pixel_values.shape[:2]
+        tokens, pixel = self.encode_visual(pixel_values.flatten(0, 1))  # (BT, G*G, d), (BT, d, h, w)
+        audio = self.encode_audio(log_mel.flatten(0, 1))  # (BT, d_A)
+        th = text_hidden[:, None].expand(-1, t, -1, -1).flatten(0, 1)  # (BT, L, d_T)
+        tm = text_mask[:, None].expand(-1, t, -1).flatten(0, 1)  # (BT, L)
+        fa, fv, tcue = self.fuse(tokens, audio, th, tm)
+        mem_a = causal_memory(fa.unflatten(0, (b, t)), window).flatten(0, 1)
+        mem_v = causal_memory(fv.unflatten(0, (b, t)), window).flatten(0, 1)
+        beta_t = torch.tensor([self.cfg.beta if beta is None else beta], dtype=fa.dtype, device=fa.device)
+        logits, presence = self.decode(fa, fv, tcue, tm, mem_a, mem_v, beta_t, pixel)
+        return logits.unflatten(0, (b, t)), presence.unflatten(0, (b, t))
+
+
+def causal_memory(features: Tensor, window: int | None = None) -> Tensor:
+    """Cached memory C(tau) of paper Eq. 3 for every step of a clip, in float64 sums.
+
+    Args:
+        features: F^ (B, T, K, d).
+        window: average over the last ``window`` earlier steps; None = all earlier steps.
+
+    Returns:
+        C (B, T, K, d) with C[:, 0] = 0 and C[:, tau] = mean(F^[:, max(0, tau-W):tau]).
+    """
+    b, t = features.shape[:2]
+    x = features.to(torch.float64)
+    csum = torch.cat([torch.zeros_like(x[:, :1]), x.cumsum(dim=1)], dim=1)  # (B, T+1, K, d)
+    idx = torch.arange(t, device=features.device)
+    lo = torch.zeros_like(idx) if window is None else torch.clamp(idx - window, min=0)
+    total = csum[:, idx] - csum[:, lo]  # sum over [lo, tau)
+    count = (idx - lo).clamp(min=1).to(torch.float64).view(1, t, 1, 1)
+    return (total / count).to(features.dtype)

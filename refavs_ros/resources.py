@@ -1,0 +1,52 @@
+"""Locate files shipped with the package (default weights, config), whatever the install type."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from refavs_ros.errors import ModelLoadError
+
+DEFAULT_WEIGHTS = "refavs_tiny.safetensors"
+"""File name of the shipped tiny-profile weights in ``models/``."""
+
+
+def share_dirs() -> list[Path]:
+    """Candidate ``share/refavs_ros``-like directories, most specific first.
+
+    Order: ``$REFAVS_ROS_SHARE``; the source checkout (the directory above the package, for
+    ``pip install -e`` and running from the repository); ``<prefix>/share/refavs_ros`` for
+    ``pip install .`` and colcon installs; the ament index when ROS is sourced.
+    """
+    dirs: list[Path] = []
+    if os.environ.get("REFAVS_ROS_SHARE"):
+        dirs.append(Path(os.environ["REFAVS_ROS_SHARE"]))
+    dirs.append(Path(__file__).resolve().parent.parent)
+    for prefix in (sys.prefix, sys.base_prefix, os.environ.get("COLCON_PREFIX_PATH", "")):
+        if prefix:
+            dirs.extend(Path(p) / "share" / "refavs_ros" for p in prefix.split(os.pathsep) if p)
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        if prefix:
+            dirs.append(Path(prefix) / "share" / "refavs_ros")
+    return dirs
+
+
+def find_shipped(relative: str) -> Path:
+    """Path of a shipped file such as ``models/refavs_tiny.safetensors``.
+
+    Raises:
+        ModelLoadError: not found; the message lists every directory searched.
+    """
+    searched = []
+    for base in share_dirs():
+        candidate = base / relative
+        if candidate.is_file():
+            return candidate
+        searched.append(str(base))
+    raise ModelLoadError(f"shipped file {relative!r} not found; searched: {searched}")
+
+
+def default_weights_path() -> Path:
+    """The shipped tiny EEMC weights (``models/refavs_tiny.safetensors``)."""
+    return find_shipped(f"models/{DEFAULT_WEIGHTS}")

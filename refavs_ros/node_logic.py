@@ -32,7 +32,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from refavs_ros.errors import ConfigError
+import cv2
+import numpy as np
+
+from refavs_ros.errors import ConfigError, InputError
 from refavs_ros.predictor import PredictorConfig
 
 # --------------------------------------------------------------------------------------------
@@ -46,6 +49,7 @@ CONFIGURE = "configure"
 DYNAMIC = "dynamic"
 """Applied at once, in any lifecycle state."""
 
+MODELS = ("eemc", "official")
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
 IMAGE_TRANSPORTS = ("raw", "compressed")
@@ -145,17 +149,20 @@ class ParamSpec:
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     # model / backend
-    ParamSpec("model", "eemc-tiny", "model id given to StreamingPredictor.from_pretrained "
-              "(e.g. eemc-tiny, eemc-base, official)", CONFIGURE),
-    ParamSpec("weights_path", "", "weights file or model directory; empty = the weights shipped "
-              "in share/refavs_ros/models", CONFIGURE),
-    ParamSpec("engine_path", "", "serialized TensorRT engine (backend tensorrt); empty = the "
-              "backend's default location", CONFIGURE),
+    ParamSpec("model", "eemc", "model given to StreamingPredictor.from_pretrained: eemc (paper "
+              "model, tiny/base profiles) or official (released EEMC checkpoint)", CONFIGURE,
+              choices=MODELS),
+    ParamSpec("weights_path", "", "weights file (EEMC .safetensors, or the official "
+              "ckpt_best_miou.pth); empty = share/refavs_ros/models/refavs_tiny.safetensors",
+              CONFIGURE),
+    ParamSpec("models_dir", "", "official model: directory of its sub-models; eemc: optional "
+              "directory of a non-bundled text encoder; empty = none", CONFIGURE),
+    ParamSpec("engine_path", "", "directory caching exported ONNX files and TensorRT engines "
+              "(built once, reused at the next start); empty = the backend default", CONFIGURE),
     ParamSpec("backend", "torch", "inference backend", CONFIGURE, choices=BACKENDS),
-    ParamSpec("device", "auto", "compute device: auto (CUDA when available), cpu, cuda or "
-              "cuda:N", CONFIGURE),
-    ParamSpec("precision", "fp32", "numeric precision of the backend", CONFIGURE,
-              choices=PRECISIONS),
+    ParamSpec("device", "auto", "compute device: auto (cuda when torch sees a GPU, else cpu), "
+              "cpu, cuda or cuda:N", CONFIGURE),
+    ParamSpec("precision", "fp16", "TensorRT engine precision", CONFIGURE, choices=PRECISIONS),
     # memory
     ParamSpec("num_frames", 10, "cached-memory window in frames (ignored when window_sec > 0)",
               DYNAMIC, 1, 1000),
@@ -303,6 +310,7 @@ class NodeSettings:
 
     model: str
     weights_path: str
+    models_dir: str
     engine_path: str
     backend: str
     device: str
@@ -341,6 +349,13 @@ class NodeSettings:
                 ``window_sec > 0`` with ``frame_stride_sec == 0``.
         """
         checked = {spec.name: spec.validate(values.get(spec.name, spec.default)) for spec in PARAMETERS}
+        device = checked["device"]
+        if device not in ("auto", "cpu", "cuda") and not (
+            device.startswith("cuda:") and device[5:].isdigit()
+        ):
+            raise ConfigError(f"parameter 'device' = {device!r} is not auto, cpu, cuda or cuda:N")
+        if checked["model"] == "official" and not (checked["weights_path"] and checked["models_dir"]):
+            raise ConfigError("model 'official' needs weights_path (ckpt_best_miou.pth) and models_dir")
         if checked["window_sec"] > 0 and checked["frame_stride_sec"] <= 0:
             raise ConfigError("window_sec > 0 needs frame_stride_sec > 0 (window = frames x stride)")
         return cls(**checked)
@@ -361,6 +376,31 @@ class NodeSettings:
             score_threshold=self.score_threshold,
             max_av_skew_sec=self.max_av_skew_sec,
         )
+
+    def resolved_device(self, cuda_available: Callable[[], bool]) -> str:
+        """The device string for the predictor: ``device``, with ``auto`` resolved to ``cuda``
+        when ``cuda_available()`` (e.g. ``torch.cuda.is_available``) is True, else ``cpu``."""
+        if self.device != "auto":
+            return self.device
+        return "cuda" if cuda_available() else "cpu"
+
+    def pretrained_kwargs(self, cuda_available: Callable[[], bool]) -> dict[str, Any]:
+        """Keyword arguments of ``StreamingPredictor.from_pretrained`` (all but ``weights``,
+        which is :attr:`weights`) for these settings; empty paths become None."""
+        return {
+            "config": self.predictor_config(),
+            "model": self.model,
+            "backend": self.backend,
+            "device": self.resolved_device(cuda_available),
+            "models_dir": self.models_dir or None,
+            "engine_dir": self.engine_path or None,
+            "precision": self.precision,
+        }
+
+    @property
+    def weights(self) -> str | None:
+        """``weights_path``, or None for the shipped default weights."""
+        return self.weights_path or None
 
     def inference_period_sec(self) -> float:
         """Period of the inference timer (s): ``1 / inference_rate_hz``, or
@@ -872,3 +912,29 @@ def ns_to_stamp(stamp_ns: int) -> tuple[int, int]:
     """Integer nanoseconds to ROS ``(sec, nanosec)`` with ``0 <= nanosec < 10**9``."""
     sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
     return sec, nanosec
+
+
+def compressed_image_to_rgb8(msg: Any) -> np.ndarray:
+    """Decode a ``sensor_msgs/CompressedImage`` (JPEG/PNG, as image_transport's ``compressed``
+    plugin publishes) to RGB uint8 (H, W, 3) with ``cv2.imdecode``.
+
+    Local stand-in until ``refavs_ros.conversions`` offers a CompressedImage reader.
+
+    Args:
+        msg: object with ``format`` (e.g. ``"jpeg"``, ``"rgb8; jpeg compressed bgr8"``) and
+            ``data`` (bytes, array.array('B') or a uint8 numpy array).
+
+    Raises:
+        InputError: ``compressedDepth`` data, empty data, or bytes OpenCV cannot decode.
+    """
+    fmt = str(getattr(msg, "format", ""))
+    if "compressedDepth" in fmt:
+        raise InputError(f"CompressedImage format {fmt!r} (depth) is not a colour image")
+    data = msg.data
+    buf = data.reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else np.frombuffer(bytes(data), np.uint8)
+    if buf.size == 0:
+        raise InputError("CompressedImage has no data")
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError(f"cannot decode CompressedImage ({buf.size} bytes, format {fmt!r})")
+    return np.ascontiguousarray(bgr[:, :, ::-1])

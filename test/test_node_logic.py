@@ -398,3 +398,54 @@ def test_stamp_round_trip() -> None:
         sec, nanosec = ns_to_stamp(ns)
         assert 0 <= nanosec < 10**9
         assert stamp_to_ns(sec, nanosec) == ns
+
+
+# ---------------------------------------------------------------- predictor construction arguments
+
+
+def test_pretrained_kwargs_and_device_resolution() -> None:
+    s = NodeSettings.from_params({"engine_path": "/tmp/engines", "backend": "tensorrt"})
+    kw = s.pretrained_kwargs(lambda: True)
+    assert kw["device"] == "cuda" and kw["engine_dir"] == "/tmp/engines" and kw["models_dir"] is None
+    assert kw["backend"] == "tensorrt" and kw["model"] == "eemc" and kw["precision"] == "fp16"
+    assert kw["config"] == s.predictor_config()
+    assert s.weights is None
+    assert s.pretrained_kwargs(lambda: False)["device"] == "cpu"
+    assert NodeSettings.from_params({"device": "cuda:1"}).resolved_device(lambda: False) == "cuda:1"
+    assert NodeSettings.from_params({"weights_path": "/w.safetensors"}).weights == "/w.safetensors"
+
+
+@pytest.mark.parametrize("values", [{"device": "gpu"}, {"device": "cuda:x"}, {"model": "official"}])
+def test_invalid_model_settings(values: dict) -> None:
+    with pytest.raises(ConfigError):
+        NodeSettings.from_params(values)
+
+
+def test_official_model_needs_weights_and_models_dir() -> None:
+    s = NodeSettings.from_params({"model": "official", "weights_path": "/c.pth", "models_dir": "/m"})
+    assert s.pretrained_kwargs(lambda: False)["models_dir"] == "/m"
+
+
+def test_compressed_image_decode() -> None:
+    import array
+    from types import SimpleNamespace
+
+    import cv2
+    import numpy as np
+
+    from refavs_ros.errors import InputError
+    from refavs_ros.node_logic import compressed_image_to_rgb8
+
+    rgb = np.zeros((8, 10, 3), np.uint8)
+    rgb[:, :5] = (255, 0, 0)  # left half red
+    ok, png = cv2.imencode(".png", rgb[:, :, ::-1])
+    assert ok
+    for data in (png.tobytes(), array.array("B", png.tobytes()), png.reshape(-1)):
+        out = compressed_image_to_rgb8(SimpleNamespace(format="png", data=data))
+        np.testing.assert_array_equal(out, rgb)
+    with pytest.raises(InputError, match="decode"):
+        compressed_image_to_rgb8(SimpleNamespace(format="jpeg", data=b"notanimage"))
+    with pytest.raises(InputError, match="no data"):
+        compressed_image_to_rgb8(SimpleNamespace(format="jpeg", data=b""))
+    with pytest.raises(InputError, match="depth"):
+        compressed_image_to_rgb8(SimpleNamespace(format="16UC1; compressedDepth", data=png.tobytes()))

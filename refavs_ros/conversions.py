@@ -33,6 +33,8 @@ __all__ = [
     "RosbagsFactory",
     "array_to_audio_stamped",
     "array_to_image",
+    "compressed_image_to_rgb8",
+    "compressed_rgb8",
     "audio_to_array",
     "default_factory",
     "detections_from_prediction",
@@ -385,6 +387,64 @@ def image_to_rgb8(msg: Any) -> np.ndarray:
     if layout == "rgba":
         return np.ascontiguousarray(arr[:, :, :3])
     return arr  # rgb, or YUV already converted to RGB
+
+
+def compressed_image_to_rgb8(msg: Any) -> np.ndarray:
+    """Decode a ``sensor_msgs/CompressedImage`` (JPEG / PNG, image_transport ``compressed``) to RGB.
+
+    Args:
+        msg: object with ``format`` (e.g. ``"jpeg"``, ``"png"``, ``"rgb8; jpeg compressed bgr8"``)
+            and ``data`` (numpy uint8, bytes, ``array.array('B')`` or a list).
+
+    Returns:
+        uint8 array (H, W, 3), RGB, C-contiguous (``cv2.imdecode``; grey images are replicated).
+
+    Raises:
+        InputError: ``compressedDepth`` data, empty data, or bytes OpenCV cannot decode.
+    """
+    fmt = str(getattr(msg, "format", ""))
+    if "compressedDepth" in fmt:
+        raise InputError(f"CompressedImage format {fmt!r} (depth) is not a colour image")
+    buf = _buffer_bytes(msg.data)
+    if buf.size == 0:
+        raise InputError("CompressedImage has no data")
+    bgr = cv2.imdecode(np.ascontiguousarray(buf), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InputError(f"cannot decode CompressedImage ({buf.size} bytes, format {fmt!r})")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def compressed_rgb8(
+    rgb: np.ndarray,
+    *,
+    fmt: str = "png",
+    header: Any = None,
+    stamp_ns: int | None = None,
+    frame_id: str = "",
+    factory: MessageFactory | None = None,
+) -> Any:
+    """Encode RGB uint8 (H, W, 3) as a ``sensor_msgs/CompressedImage`` (``"png"`` or ``"jpeg"``).
+
+    The ``format`` field follows image_transport: ``"rgb8; png compressed bgr8"``.
+
+    Raises:
+        InputError: wrong array shape/dtype or unknown format.
+    """
+    arr = np.asarray(rgb)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise InputError(f"compressed_rgb8 needs uint8 (H, W, 3), got {arr.dtype} {arr.shape}")
+    if fmt not in ("png", "jpeg"):
+        raise InputError(f"unknown compression {fmt!r}; expected 'png' or 'jpeg'")
+    ok, encoded = cv2.imencode(".png" if fmt == "png" else ".jpg", np.ascontiguousarray(arr[:, :, ::-1]))
+    if not ok:
+        raise InputError("OpenCV could not encode the image")
+    factory = factory or default_factory()
+    return factory.new(
+        msgs.COMPRESSED_IMAGE,
+        header=_header(header, stamp_ns, frame_id, factory),
+        format=f"rgb8; {fmt} compressed bgr8",
+        data=encoded.reshape(-1),
+    )
 
 
 def array_to_image(

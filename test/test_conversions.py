@@ -354,3 +354,18 @@ def test_rosbags_factory_fills_defaults_and_rejects_unknown_fields():
         factory.new(msgs.STRING, text="x")
     with pytest.raises(InputError, match="not in the rosbags type store"):
         factory.new("foo_msgs/msg/Bar")
+
+
+def test_compressed_image_png_round_trip_and_errors():
+    rgb = random_pixels("rgb8", 5, 7)
+    msg = cdr_round_trip(conv.compressed_rgb8(rgb, stamp_ns=9, frame_id="cam"), msgs.COMPRESSED_IMAGE)
+    assert msg.format == "rgb8; png compressed bgr8"
+    np.testing.assert_array_equal(conv.compressed_image_to_rgb8(msg), rgb)  # png is lossless
+    jpeg = conv.compressed_rgb8(np.full((8, 8, 3), (200, 40, 10), np.uint8), fmt="jpeg")
+    assert np.abs(conv.compressed_image_to_rgb8(jpeg).astype(int) - (200, 40, 10)).max() < 8
+    with pytest.raises(InputError, match="depth"):
+        conv.compressed_image_to_rgb8(SimpleNamespace(format="16UC1; compressedDepth", data=b"x"))
+    with pytest.raises(InputError, match="no data"):
+        conv.compressed_image_to_rgb8(SimpleNamespace(format="jpeg", data=b""))
+    with pytest.raises(InputError, match="cannot decode"):
+        conv.compressed_image_to_rgb8(SimpleNamespace(format="jpeg", data=b"not a jpeg"))

@@ -1,0 +1,586 @@
+"""``refavs-replay``: run the streaming predictor over recorded rosbag2 bags and score it.
+
+Example::
+
+    refavs-replay bags/test-seen --metrics-json seen.json
+    refavs-replay my_robot.mcap --command "the person who is speaking" --output out_bag \\
+        --overlay-dir overlays
+
+For every bag (a bag, or every bag under a directory) the tool reads the image, audio, command
+and ground-truth topics with rosbags, sorts them by HEADER stamp, and feeds them to a
+:class:`refavs_ros.predictor.StreamingPredictor` the way the ROS node does: every audio chunk
+stamped at or before an image is pushed before that image, then ``push_image`` and ``step``.
+It reports J / F / S in per-frame mode (:mod:`refavs_ros.eval.metrics`) per subset (the
+``split`` of ``/refavs/scene_info``, else the bag's parent folder name), per expression kind and
+over all bags, and the end-to-end latency per frame (decode of the image message -> prediction
+ready, ms). See ``docs/replay.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from refavs_ros import bagio, conversions, msgs
+from refavs_ros.errors import BagError, ConfigError, InputError, RefAvsError
+from refavs_ros.eval.metrics import MetricAccumulator
+
+PROG = "refavs-replay"
+
+
+class Predictor(Protocol):
+    """What the replay needs from a predictor (:class:`refavs_ros.predictor.StreamingPredictor`)."""
+
+    def set_command(self, text: str) -> None: ...
+
+    def push_audio(self, stamp_ns: int, samples: np.ndarray, sample_rate: int) -> None: ...
+
+    def push_image(self, stamp_ns: int, image: np.ndarray) -> None: ...
+
+    def step(self) -> Any: ...
+
+    def reset_memory(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """Topic names and decoding options of a replay.
+
+    Attributes:
+        image_topic: ``sensor_msgs/Image`` or ``sensor_msgs/CompressedImage`` topic.
+        audio_topic: ``audio_common_msgs/AudioStamped`` (mgonzs13) or ``AudioDataStamped``
+            (ros-drivers) topic.
+        command_topic: ``std_msgs/String`` with the referring expression (optional in the bag).
+        gt_topic: ``sensor_msgs/Image`` mono8 ground-truth masks, same stamps as the images
+            (optional; no metrics without it).
+        scene_info_topic: ``std_msgs/String`` JSON with ``split`` / ``kind`` (optional).
+        command: command text overriding the bag's command topic for the whole bag.
+        audio_rate: Hz of ros-drivers raw audio (ignored for mgonzs13 AudioStamped).
+        audio_channels: channels of ros-drivers raw audio.
+        audio_format: sample format of ros-drivers raw audio (S16LE, ...).
+        require_audio: fail when the audio topic is missing (else the model hears silence).
+    """
+
+    image_topic: str = bagio.TOPIC_IMAGE
+    audio_topic: str = bagio.TOPIC_AUDIO
+    command_topic: str = bagio.TOPIC_COMMAND
+    gt_topic: str = bagio.TOPIC_GT_MASK
+    scene_info_topic: str = bagio.TOPIC_SCENE_INFO
+    command: str | None = None
+    audio_rate: int = 16000
+    audio_channels: int = 1
+    audio_format: str = "S16LE"
+    require_audio: bool = True
+
+
+@dataclass
+class BagReport:
+    """What happened while replaying one bag.
+
+    Attributes:
+        path: the bag.
+        subset: subset name (scene_info ``split`` or the parent folder name).
+        kind: expression kind from scene_info, or None.
+        images: image messages read.
+        predictions: frames for which the predictor returned a prediction.
+        scored: frames scored against a GT mask.
+        no_command: frames stepped while no command was set (no prediction).
+        dropped_images: images the predictor rejected (e.g. not newer than the previous one).
+        dropped_audio: audio chunks that could not be decoded or were rejected.
+        missing_gt: predicted frames without a GT mask of the same stamp (GT topic present).
+        out_of_order: per topic, messages whose header stamp went backwards in receive order.
+        latencies_ms: end-to-end latency per predicted frame (ms).
+        commands: the command texts in force, in order of appearance.
+    """
+
+    path: Path
+    subset: str
+    kind: str | None
+    images: int = 0
+    predictions: int = 0
+    scored: int = 0
+    no_command: int = 0
+    dropped_images: int = 0
+    dropped_audio: int = 0
+    missing_gt: int = 0
+    out_of_order: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+
+
+def _scene_info(bag: bagio.BagReader, topic: str) -> dict:
+    if topic not in bag.topics:
+        return {}
+    first = bag.first_message(topic)
+    if first is None:
+        return {}
+    try:
+        info = json.loads(first.message.data)
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise BagError(f"{topic} in {bag.path} is not JSON: {exc}") from exc
+    return info if isinstance(info, dict) else {}
+
+
+def _decode_image(message: Any, msgtype: str) -> np.ndarray:
+    if msgtype == msgs.COMPRESSED_IMAGE:
+        return conversions.compressed_image_to_rgb8(message)
+    return conversions.image_to_rgb8(message)
+
+
+def _caption(command: str, prediction: Any) -> str:
+    state = "" if prediction.found else " (absent)"
+    return f'"{command}" {float(prediction.score):.2f}{state}'
+
+
+def replay_bag(
+    path: str | Path,
+    predictor: Predictor,
+    *,
+    options: ReplayOptions = ReplayOptions(),
+    accumulator: MetricAccumulator | None = None,
+    output: str | Path | None = None,
+    storage: str = "mcap",
+    overlay_dir: str | Path | None = None,
+    progress: Any = None,
+    warn: Callable[[str], None] | None = None,
+) -> BagReport:
+    """Replay one bag through ``predictor`` in header-stamp order and score it.
+
+    The predictor's memory is reset first (one bag = one clip). Messages of the command, audio,
+    image and GT topics are sorted by header stamp (command and audio before the image at equal
+    stamps), so every audio chunk stamped at or before an image is pushed before that image.
+    Per image: decode -> ``push_image`` -> ``step``; the wall time of those three is the
+    frame's end-to-end latency.
+
+    Args:
+        path: bag (directory, ``.mcap`` or ``.db3``).
+        predictor: any object with ``set_command``, ``push_audio``, ``push_image``, ``step`` and
+            ``reset_memory`` (the :class:`refavs_ros.predictor.StreamingPredictor` contract);
+            ``step`` returns None or an object with ``mask`` bool (H, W), ``probability`` float
+            (H, W) in [0, 1] at the source size, ``score``, ``found``, ``bbox``, ``command``.
+        options: topics and decoding options.
+        accumulator: receives every scored frame under the groups ``"subset:<name>"``,
+            ``"kind:<kind>"`` (when known) and ``"all"``; clip id = the bag path.
+        output: result bag to write (``/refavs/mask``, ``/refavs/detections``,
+            ``/refavs/active_command``); None = none.
+        storage: storage of the result bag, ``"mcap"`` or ``"sqlite3"``.
+        overlay_dir: folder for one overlay PNG per predicted frame; None = none.
+        progress: optional tqdm-like object; ``update(1)`` per image, ``total`` grown per bag.
+        warn: callback for non-fatal problems (default: print to stderr).
+
+    Returns:
+        A :class:`BagReport`.
+
+    Raises:
+        BagError: unreadable bag, missing image (or required audio) topic, wrong topic types,
+            no command at all, or GT masks of another size than the images.
+    """
+    path = Path(path)
+    warn = warn or (lambda text: print(f"{PROG}: warning: {text}", file=sys.stderr))
+    with bagio.BagReader(path) as bag:
+        image_type = bag.require(options.image_topic, [msgs.IMAGE, msgs.COMPRESSED_IMAGE])
+        topics = bag.topics
+        has_audio = options.audio_topic in topics
+        if has_audio:
+            bag.require(options.audio_topic, [msgs.AUDIO_STAMPED, msgs.AUDIO_DATA_STAMPED])
+        elif options.require_audio:
+            bag.require(options.audio_topic)  # raises, naming the available topics
+        else:
+            warn(f"{path}: no audio topic {options.audio_topic}; the model hears silence")
+        has_gt = options.gt_topic in topics
+        if has_gt:
+            bag.require(options.gt_topic, [msgs.IMAGE])
+        has_command_topic = options.command_topic in topics
+        if has_command_topic:
+            bag.require(options.command_topic, [msgs.STRING])
+        if options.command is None and not has_command_topic:
+            raise BagError(
+                f"no command for {path}: pass --command TEXT or record {options.command_topic} (std_msgs/String)"
+            )
+        info = _scene_info(bag, options.scene_info_topic)
+        read_topics = [options.audio_topic, options.image_topic, options.gt_topic]
+        if options.command is None:
+            read_topics.insert(0, options.command_topic)
+        order = bag.read_sorted(read_topics)
+    subset = str(info.get("split") or path.resolve().parent.name)
+    kind = info.get("kind")
+    report = BagReport(path=path, subset=subset, kind=str(kind) if kind else None, out_of_order=order.out_of_order)
+    if order.total_out_of_order:
+        warn(f"{path}: {order.total_out_of_order} message(s) with out-of-order header stamps "
+             f"{ {t: n for t, n in order.out_of_order.items() if n} } were sorted by stamp")
+    gt_by_stamp = {m.stamp_ns: m.message for m in order.messages if m.topic == options.gt_topic}
+    groups = [f"subset:{subset}", "all"] + ([f"kind:{kind}"] if kind else [])
+    images = [m for m in order.messages if m.topic == options.image_topic]
+    if progress is not None:
+        progress.total = (progress.total or 0) + len(images)
+        progress.refresh()
+    if overlay_dir is not None:
+        Path(overlay_dir).mkdir(parents=True, exist_ok=True)
+
+    predictor.reset_memory()
+    writing = bagio.BagWriter(output, storage=storage) if output is not None else contextlib.nullcontext()
+    with writing as writer:
+        active = ""
+
+        def activate(text: str, stamp_ns: int) -> None:
+            nonlocal active
+            try:
+                predictor.set_command(text)
+            except InputError as exc:
+                warn(f"{path}: command {text!r} rejected at {stamp_ns} ns: {exc}")
+                return
+            active = text
+            report.commands.append(text)
+            if writer is not None:
+                writer.write(bagio.TOPIC_ACTIVE_COMMAND, msgs.STRING, conversions.string_message(text),
+                             stamp_ns, qos=bagio.LATCHED_QOS)
+
+        if options.command is not None:
+            first = images[0].stamp_ns if images else 0
+            activate(options.command, first)
+        audio_warned = False
+        index = 0
+        for item in order.messages:
+            if item.topic == options.command_topic and options.command is None:
+                activate(str(item.message.data), item.stamp_ns)
+            elif item.topic == options.audio_topic:
+                try:
+                    samples, rate = conversions.audio_to_array(
+                        item.message, sample_rate=options.audio_rate, channels=options.audio_channels,
+                        sample_format=options.audio_format,
+                    )
+                    if samples.size:
+                        predictor.push_audio(item.stamp_ns, samples, rate)
+                except InputError as exc:
+                    report.dropped_audio += 1
+                    if not audio_warned:
+                        warn(f"{path}: audio chunk at {item.stamp_ns} ns dropped: {exc}")
+                        audio_warned = True
+            elif item.topic == options.image_topic:
+                report.images += 1
+                _replay_image(item, image_type, predictor, report, gt_by_stamp if has_gt else None,
+                              accumulator, groups, writer, overlay_dir, index, active, warn)
+                index += 1
+                if progress is not None:
+                    progress.update(1)
+    if has_gt and report.missing_gt:
+        warn(f"{path}: {report.missing_gt} predicted frame(s) had no GT mask with the same stamp")
+    return report
+
+
+def _replay_image(
+    item: bagio.BagMessage,
+    image_type: str,
+    predictor: Predictor,
+    report: BagReport,
+    gt_by_stamp: dict[int, Any] | None,
+    accumulator: MetricAccumulator | None,
+    groups: list[str],
+    writer: bagio.BagWriter | None,
+    overlay_dir: str | Path | None,
+    index: int,
+    active: str,
+    warn: Callable[[str], None],
+) -> None:
+    t0 = time.perf_counter()
+    try:
+        rgb = _decode_image(item.message, image_type)
+        predictor.push_image(item.stamp_ns, rgb)
+    except InputError as exc:
+        report.dropped_images += 1
+        warn(f"{report.path}: image at {item.stamp_ns} ns dropped: {exc}")
+        return
+    prediction = predictor.step()
+    latency_ms = (time.perf_counter() - t0) * 1e3
+    if prediction is None:
+        report.no_command += 1
+        return
+    report.predictions += 1
+    report.latencies_ms.append(latency_ms)
+    probability = np.asarray(prediction.probability)
+    if gt_by_stamp is not None:
+        gt_msg = gt_by_stamp.get(item.stamp_ns)
+        if gt_msg is None:
+            report.missing_gt += 1
+        else:
+            gt = conversions.image_to_array(gt_msg)
+            gt = gt if gt.ndim == 2 else gt[..., 0]
+            if gt.shape != probability.shape:
+                raise BagError(
+                    f"{report.path}: GT mask at {item.stamp_ns} ns is {gt.shape[1]}x{gt.shape[0]}, "
+                    f"the prediction {probability.shape[1]}x{probability.shape[0]}; GT must match the image size"
+                )
+            if accumulator is not None:
+                accumulator.process(probability, gt != 0, groups=groups, clip=str(report.path))
+            report.scored += 1
+    header = item.message.header
+    if writer is not None:
+        writer.write(bagio.TOPIC_MASK, msgs.IMAGE, conversions.mask_to_image(prediction.mask, header), item.stamp_ns)
+        writer.write(bagio.TOPIC_DETECTIONS, msgs.DETECTION2D_ARRAY,
+                     conversions.detections_from_prediction(prediction, header), item.stamp_ns)
+    if overlay_dir is not None:
+        from refavs_ros.overlay import render_overlay
+
+        bgr = render_overlay(rgb, prediction.mask, prediction.bbox, _caption(active, prediction))
+        target = Path(overlay_dir) / f"{index:06d}_{item.stamp_ns}.png"
+        if not cv2.imwrite(str(target), bgr):
+            raise BagError(f"cannot write overlay {target}")
+
+
+# --------------------------------------------------------------------------- many bags
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "max": None, "mean": None, "frames": 0}
+    arr = np.asarray(values, dtype=np.float64)
+    return {
+        "p50": float(np.percentile(arr, 50)),
+        "p95": float(np.percentile(arr, 95)),
+        "max": float(arr.max()),
+        "mean": float(arr.mean()),
+        "frames": int(arr.size),
+    }
+
+
+def _output_for(root: Path, bag: Path, output: Path | None, single: bool) -> Path | None:
+    if output is None:
+        return None
+    if single:
+        return output
+    rel = bag.relative_to(root)
+    return output / (rel.with_suffix("") if bag.is_file() else rel)
+
+
+def replay(
+    root: str | Path,
+    predictor: Predictor,
+    *,
+    options: ReplayOptions = ReplayOptions(),
+    output: str | Path | None = None,
+    storage: str = "mcap",
+    overlay_dir: str | Path | None = None,
+    progress: Any = None,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[dict[str, Any], list[BagReport]]:
+    """Replay a bag or every bag under a directory and aggregate the metrics.
+
+    Args:
+        root: a bag, or a directory whose sub-folders hold bags (see
+            :func:`refavs_ros.bagio.find_bags`).
+        predictor: see :func:`replay_bag` (reused across bags; its memory is reset per bag).
+        options: topics and decoding options.
+        output: result bag (single bag) or a directory receiving one result bag per input bag at
+            the same relative path.
+        storage: storage of the result bags.
+        overlay_dir: overlay folder (one sub-folder per bag when replaying a directory).
+        progress: tqdm-like progress bar.
+        warn: warning callback.
+
+    Returns:
+        ``(summary, reports)``. ``summary`` is the metrics JSON: ``{"subsets": {name: {...}},
+        "kinds": {kind: {...}}, "all": {...}, "J", "F", "S" (of "all"), "latency_ms": {"p50",
+        "p95", "max", "mean", "frames"}, "bags": N, "frames": {...}}``; each group holds ``J``,
+        ``F``, ``S`` (None where undefined), ``frames`` (scored), ``f_frames``, ``s_frames``
+        and ``bags``.
+
+    Raises:
+        BagError: no bag found, or any bag error (the bag is named).
+    """
+    root = Path(root)
+    bags = bagio.find_bags(root)
+    single = len(bags) == 1 and bags[0] == root
+    output_path = Path(output) if output is not None else None
+    if output_path is not None and not single:
+        output_path.mkdir(parents=True, exist_ok=True)
+    accumulator = MetricAccumulator()
+    reports = []
+    for bag in bags:
+        overlays = None
+        if overlay_dir is not None:
+            overlays = Path(overlay_dir) if single else Path(overlay_dir) / bag.relative_to(root)
+        reports.append(replay_bag(
+            bag, predictor, options=options, accumulator=accumulator,
+            output=_output_for(root, bag, output_path, single), storage=storage,
+            overlay_dir=overlays, progress=progress, warn=warn,
+        ))
+    return summarize(accumulator, reports), reports
+
+
+def summarize(accumulator: MetricAccumulator, reports: Sequence[BagReport]) -> dict[str, Any]:
+    """Build the metrics JSON (see :func:`replay`) from an accumulator and the bag reports."""
+    results = accumulator.evaluate()
+
+    def group(key: str, bag_count: int) -> dict[str, Any]:
+        r = results.get(key, {})
+        return {
+            "J": r.get("J"), "F": r.get("F"), "S": r.get("S"),
+            "frames": r.get("frames", 0), "f_frames": r.get("f_frames", 0), "s_frames": r.get("s_frames", 0),
+            "bags": bag_count,
+        }
+
+    subsets = sorted({r.subset for r in reports})
+    kinds = sorted({r.kind for r in reports if r.kind})
+    summary: dict[str, Any] = {
+        "subsets": {s: group(f"subset:{s}", sum(r.subset == s for r in reports)) for s in subsets},
+        "kinds": {k: group(f"kind:{k}", sum(r.kind == k for r in reports)) for k in kinds},
+        "all": group("all", len(reports)),
+    }
+    summary.update({name: summary["all"][name] for name in ("J", "F", "S")})
+    summary["latency_ms"] = _percentiles([v for r in reports for v in r.latencies_ms])
+    summary["bags"] = len(reports)
+    summary["frames"] = {
+        name: sum(getattr(r, name) for r in reports)
+        for name in ("images", "predictions", "scored", "no_command", "dropped_images", "dropped_audio", "missing_gt")
+    }
+    summary["out_of_order"] = sum(sum(r.out_of_order.values()) for r in reports)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Human-readable table of a :func:`replay` summary (J and F as %, like the paper's J)."""
+
+    def fmt(value: float | None, scale: float = 1.0, digits: int = 3) -> str:
+        return "-" if value is None else f"{value * scale:.{digits}f}"
+
+    lines = [f"{'group':<24}{'bags':>6}{'frames':>8}{'J %':>9}{'F':>8}{'S':>8}"]
+
+    def row(name: str, g: dict[str, Any]) -> None:
+        lines.append(f"{name:<24}{g['bags']:>6}{g['frames']:>8}{fmt(g['J'], 100, 2):>9}"
+                     f"{fmt(g['F']):>8}{fmt(g['S']):>8}")
+
+    for name, g in summary["subsets"].items():
+        row(f"subset {name}", g)
+    for name, g in summary["kinds"].items():
+        row(f"kind {name}", g)
+    row("all", summary["all"])
+    lat = summary["latency_ms"]
+    if lat["frames"]:
+        lines.append(f"latency (end-to-end, ms): p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  "
+                     f"max {lat['max']:.1f}  over {lat['frames']} frames")
+    else:
+        lines.append("latency: no predicted frame")
+    frames = summary["frames"]
+    notes = [f"{k.replace('_', ' ')} {v}" for k, v in frames.items() if v and k not in ("images", "predictions", "scored")]
+    if notes or summary["out_of_order"]:
+        lines.append("notes: " + ", ".join(notes + ([f"out-of-order stamps {summary['out_of_order']}"]
+                                                    if summary["out_of_order"] else [])))
+    lines.append("J: mean IoU (%, paper scale); F: F-measure (beta^2 0.3); S: null-frame false positives "
+                 "(lower is better); per-frame mode, see docs/replay.md")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``refavs-replay``."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Replay rosbag2 bags (MCAP or sqlite3) through the Ref-AVS streaming predictor; "
+        "report J/F/S against GT masks and end-to-end latency.",
+    )
+    p.add_argument("bag", metavar="BAG", help="a bag (directory, .mcap or .db3) or a directory of bags")
+    p.add_argument("--command", help="referring expression for every bag (default: the bag's command topic)")
+    p.add_argument("--image-topic", default=bagio.TOPIC_IMAGE, help=f"(default {bagio.TOPIC_IMAGE})")
+    p.add_argument("--audio-topic", default=bagio.TOPIC_AUDIO, help=f"(default {bagio.TOPIC_AUDIO})")
+    p.add_argument("--command-topic", default=bagio.TOPIC_COMMAND, help=f"(default {bagio.TOPIC_COMMAND})")
+    p.add_argument("--gt-topic", default=bagio.TOPIC_GT_MASK, help=f"(default {bagio.TOPIC_GT_MASK})")
+    p.add_argument("--scene-info-topic", default=bagio.TOPIC_SCENE_INFO, help=f"(default {bagio.TOPIC_SCENE_INFO})")
+    p.add_argument("--no-audio", action="store_true", help="allow bags without the audio topic (silence)")
+    p.add_argument("--audio-rate", type=int, default=16000,
+                   help="Hz of ros-drivers AudioDataStamped raw PCM (default 16000)")
+    p.add_argument("--audio-channels", type=int, default=1, help="channels of ros-drivers raw PCM (default 1)")
+    p.add_argument("--audio-format", default="S16LE", help="sample format of ros-drivers raw PCM (default S16LE)")
+    p.add_argument("--output", metavar="OUT_BAG", help="write /refavs/mask, /refavs/detections, "
+                   "/refavs/active_command to this bag (a directory of bags for a directory input)")
+    p.add_argument("--storage", choices=bagio.STORAGES, default="mcap", help="storage of --output (default mcap)")
+    p.add_argument("--metrics-json", metavar="FILE", help="write the metrics and latency as JSON")
+    p.add_argument("--overlay-dir", metavar="DIR", help="write one overlay PNG per predicted frame")
+    p.add_argument("--weights", help="model weights (default: the shipped tiny EEMC)")
+    p.add_argument("--model", default="eemc", choices=("eemc", "official"), help="model family (default eemc)")
+    p.add_argument("--models-dir", help="sub-model directory (official model) or text encoder directory")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"),
+                   help="inference backend (default torch)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--num-frames", type=int, default=None, help="cached-memory window in frames (default: model config)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def build_predictor(args: argparse.Namespace) -> Predictor:
+    """Create the :class:`~refavs_ros.predictor.StreamingPredictor` described by the CLI arguments.
+
+    Raises:
+        ModelLoadError, BackendUnavailableError, ConfigError: from ``from_pretrained``.
+    """
+    from refavs_ros.predictor import PredictorConfig, StreamingPredictor
+
+    config = PredictorConfig() if args.num_frames is None else PredictorConfig(num_frames=args.num_frames)
+    return StreamingPredictor.from_pretrained(
+        args.weights, config=config, model=args.model, backend=args.backend, device=args.device,
+        models_dir=args.models_dir,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``refavs-replay``.
+
+    Args:
+        argv: arguments without the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        0 on success; 2 on bad input (missing/corrupt bag, missing topic, bad option, missing
+        weights), with a one-line message on stderr and no traceback.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        if args.num_frames is not None and args.num_frames < 1:
+            raise ConfigError(f"--num-frames must be >= 1, got {args.num_frames}")
+        if args.audio_rate <= 0 or args.audio_channels <= 0:
+            raise ConfigError("--audio-rate and --audio-channels must be positive")
+        bagio.find_bags(args.bag)  # fail on a missing bag before loading the model
+        options = ReplayOptions(
+            image_topic=args.image_topic, audio_topic=args.audio_topic, command_topic=args.command_topic,
+            gt_topic=args.gt_topic, scene_info_topic=args.scene_info_topic, command=args.command,
+            audio_rate=args.audio_rate, audio_channels=args.audio_channels, audio_format=args.audio_format,
+            require_audio=not args.no_audio,
+        )
+        predictor = build_predictor(args)
+        from tqdm import tqdm
+
+        with tqdm(total=0, desc=PROG, unit="frame", disable=args.no_progress, file=sys.stderr) as bar:
+            summary, _ = replay(
+                args.bag, predictor, options=options, output=args.output, storage=args.storage,
+                overlay_dir=args.overlay_dir, progress=bar,
+            )
+        print(format_summary(summary))
+        if args.metrics_json:
+            target = Path(args.metrics_json)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    except RefAvsError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -390,7 +390,7 @@ class StampOrder:
 
 
 class BagReader:
-    """Read a rosbag2 (MCAP or sqlite3) or a ROS 1 bag with rosbags, errors as :class:`BagError`.
+    """Read a rosbag2 (MCAP or sqlite3) with rosbags, errors as :class:`BagError`.
 
     Messages are deserialised with the bag's embedded definitions when it has them, else with
     :func:`refavs_ros.msgs.typestore` (the ros-drivers audio variant is picked automatically

@@ -24,6 +24,7 @@ nanosec``); ``*_mono`` are float seconds of a monotonic wall clock (``time.monot
 
 from __future__ import annotations
 
+import importlib
 import math
 import threading
 import time
@@ -504,12 +505,13 @@ class RateMeter:
         self._trim(now_mono)
 
     def rate_hz(self, now_mono: float) -> float:
-        """Arrivals per second in the window ending at ``now_mono``: (n - 1) / span over the
-        recorded arrivals (0.0 with fewer than two)."""
+        """Arrivals per second in the window ending at ``now_mono``: (n - 1) arrival intervals
+        over the time from the oldest arrival to ``now_mono`` (so a stopped topic decays to 0 and
+        a burst does not read as a huge rate); 0.0 with fewer than two arrivals."""
         self._trim(now_mono)
         if len(self._times) < 2:
             return 0.0
-        span = self._times[-1] - self._times[0]
+        span = max(now_mono, self._times[-1]) - self._times[0]
         return (len(self._times) - 1) / span if span > 0 else 0.0
 
     def last(self) -> float | None:
@@ -791,6 +793,8 @@ class PipelineState:
             audio lags the frame), or None when no audio was seen.
         last_error: last inference/publish error message, or "".
         bad_messages: input messages dropped because they could not be converted.
+        qos_incompatible: incompatible-QoS events seen on the node's topics (a peer whose QoS
+            does not match gets no data).
     """
 
     lifecycle: str
@@ -805,6 +809,7 @@ class PipelineState:
     av_skew_sec: float | None = None
     last_error: str = ""
     bad_messages: int = 0
+    qos_incompatible: int = 0
 
 
 @dataclass(frozen=True)
@@ -859,6 +864,7 @@ def diagnose(state: PipelineState, *, max_av_skew_sec: float) -> DiagnosticRepor
         ("frames dropped (stale stamp)", str(c.images_stale if c else 0)),
         ("audio chunks dropped", str(c.audio_dropped if c else 0)),
         ("bad messages dropped", str(state.bad_messages)),
+        ("incompatible QoS events", str(state.qos_incompatible)),
         ("A/V skew", _fmt(state.av_skew_sec, " s", 3)),
         ("inference latency mean", _fmt(state.inference_ms.mean(), " ms")),
         ("inference latency max", _fmt(state.inference_ms.max(), " ms")),
@@ -938,3 +944,33 @@ def compressed_image_to_rgb8(msg: Any) -> np.ndarray:
     if bgr is None:
         raise InputError(f"cannot decode CompressedImage ({buf.size} bytes, format {fmt!r})")
     return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def import_audio_class(type_name: str) -> type:
+    """Import ``audio_common_msgs.msg.<type_name>`` (done at configure time: the message package
+    is a run-time choice, not a build dependency).
+
+    Args:
+        type_name: one of :data:`AUDIO_MSG_TYPES`.
+
+    Returns:
+        the rosidl message class.
+
+    Raises:
+        ConfigError: unknown type name, or the package/type cannot be imported; the message says
+            which audio_common provides it.
+    """
+    if type_name not in AUDIO_MSG_TYPES:
+        raise ConfigError(f"audio_msg_type {type_name!r} is not one of {', '.join(AUDIO_MSG_TYPES)}")
+    try:
+        return getattr(importlib.import_module("audio_common_msgs.msg"), type_name)
+    except (ImportError, AttributeError) as exc:
+        origin = (
+            "mgonzs13/audio_common (github.com/mgonzs13/audio_common; build it in your workspace)"
+            if type_name == "AudioStamped"
+            else "ros-drivers/audio_common (apt install ros-$ROS_DISTRO-audio-common-msgs)"
+        )
+        raise ConfigError(
+            f"audio_msg_type '{type_name}' needs audio_common_msgs.msg.{type_name} from {origin}; "
+            f"import failed: {exc}"
+        ) from exc

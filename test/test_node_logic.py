@@ -193,6 +193,11 @@ def test_rate_meter() -> None:
         meter.tick(10.0 + i * 0.1)  # 10 Hz for 2 s
     assert meter.rate_hz(12.0) == pytest.approx(10.0)
     assert meter.last() == pytest.approx(12.0)
+    assert meter.rate_hz(12.5) == pytest.approx(15 / 2.0)  # window [10.5, 12.5]: 16 ticks, decaying
+    burst = RateMeter(window_sec=5.0)
+    for _ in range(5):
+        burst.tick(1.0)
+    assert burst.rate_hz(3.0) == pytest.approx(2.0)  # 4 intervals over 2 s, not infinity
     assert meter.rate_hz(20.0) == 0.0  # everything left the window
 
 
@@ -271,8 +276,8 @@ def test_counters_rates_and_ages() -> None:
         buf.offer_audio(i, i)
     clock.t = 1.5
     c = buf.counters()
-    assert c.image_rate_hz == pytest.approx(10.0)
-    assert c.audio_rate_hz == pytest.approx(10.0)
+    assert c.image_rate_hz == pytest.approx(10 / 1.5)  # 10 intervals, oldest arrival 1.5 s ago
+    assert c.audio_rate_hz == pytest.approx(10 / 1.5)
     assert c.image_age_sec == pytest.approx(0.5)
     assert c.images_received == 11 and c.audio_received == 11
 
@@ -449,3 +454,17 @@ def test_compressed_image_decode() -> None:
         compressed_image_to_rgb8(SimpleNamespace(format="jpeg", data=b""))
     with pytest.raises(InputError, match="depth"):
         compressed_image_to_rgb8(SimpleNamespace(format="16UC1; compressedDepth", data=png.tobytes()))
+
+
+def test_import_audio_class_errors_name_the_provider() -> None:
+    import importlib.util
+
+    from refavs_ros.node_logic import import_audio_class
+
+    with pytest.raises(ConfigError, match="not one of"):
+        import_audio_class("Audio")
+    if importlib.util.find_spec("audio_common_msgs") is None:
+        with pytest.raises(ConfigError, match="mgonzs13/audio_common"):
+            import_audio_class("AudioStamped")
+        with pytest.raises(ConfigError, match="ros-drivers/audio_common"):
+            import_audio_class("AudioDataStamped")

@@ -96,7 +96,8 @@ def test_shapes_dtypes_stamps_and_info():
         assert o["category"] in CATEGORIES and o["colour"] in COLOURS and o["size"] in ("small", "big")
         assert len(o["bboxes"]) == 8 and all(0 <= k < 4 for k in o["sounding_slots"])
     # 3 fps over 4 s: frames at 0, 1/3, ..., 11/3 s
-    assert generate_scene("val", 0, 0, SceneConfig(width=48, height=48, fps=3.0, duration_sec=4.0)).frames.shape[0] == 12
+    three_fps = SceneConfig(width=48, height=48, fps=3.0, duration_sec=4.0)
+    assert generate_scene("val", 0, 0, three_fps).frames.shape[0] == 12
 
 
 def test_invalid_inputs_raise_config_error():
@@ -196,7 +197,8 @@ def test_semantic_and_appearance_referents_are_unique():
 def test_spatial_relation_holds_in_every_frame():
     for s in _scenes_of("train", "spatial", 12):
         rel = s.info()["cue"]["relation"]
-        members = [o for o in s.objects if s.variant == "relation-any" or o["category"] == s.objects[s.target]["category"]]
+        tcat = s.objects[s.target]["category"]
+        members = [o for o in s.objects if s.variant == "relation-any" or o["category"] == tcat]
         assert len(members) >= 2
         for t in range(s.frames.shape[0]):
             def centre(o):

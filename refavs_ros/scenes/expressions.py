@@ -23,8 +23,10 @@ SIZE = {
 }
 
 SPATIAL_ANY = {
-    "left": ("the object on the left", "the leftmost object", "the one on the left", "the object furthest to the left"),
-    "right": ("the object on the right", "the rightmost object", "the one on the right", "the object furthest to the right"),
+    "left": ("the object on the left", "the leftmost object", "the one on the left",
+             "the object furthest to the left"),
+    "right": ("the object on the right", "the rightmost object", "the one on the right",
+              "the object furthest to the right"),
     "top": ("the top-most object", "the object at the top", "the highest object", "the uppermost object"),
     "bottom": ("the object at the bottom", "the lowest object", "the bottom-most object", "the one at the bottom"),
     "middle": ("the object in the middle", "the middle object", "the one in the middle"),

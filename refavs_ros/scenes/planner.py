@@ -23,6 +23,7 @@ Sampling rules (see docs/scenes.md):
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -217,6 +218,13 @@ def _gain(rng: np.random.Generator, lo: float = -9.0, hi: float = 0.0) -> float:
     return float(round(rng.uniform(lo, hi), 2))
 
 
+def _swap_first_two(rng: np.random.Generator, cats: list[str]) -> None:
+    """Swap target and contrast categories half of the time, so that which of two categories is
+    the (invisible) loud / first one carries no category prior from the sampler's order."""
+    if rng.random() < 0.5:
+        cats[0], cats[1] = cats[1], cats[0]
+
+
 def _extras(rng: np.random.Generator, split: str, probs: tuple[float, ...]) -> int:
     n = int(rng.choice(len(probs), p=probs))
     return max(n, 1) if split == "test-unseen" else n
@@ -344,12 +352,15 @@ def relation_winner(objs: list[ObjectPlan], members: list[int], relation: str, t
 
 @dataclass
 class _Draft:
+    """A kind builder's output: objects (before layout) and how to word the expression."""
+
     variant: str
     objects: list[ObjectPlan]
-    express: object  # callable(rng, placed objects) -> (expression, target object | None, cue) | None
+    # (rng, placed objects) -> (expression, target object or None, cue), or None if no unique wording
+    express: Callable[[np.random.Generator, list[ObjectPlan]], tuple[str, ObjectPlan | None, dict] | None]
 
 
-def _semantic(rng, split, cfg) -> _Draft | None:
+def _semantic(rng: np.random.Generator, split: str, cfg: SceneConfig) -> _Draft | None:
     n = int(rng.choice([1, 2, 3, 4], p=[0.15, 0.35, 0.35, 0.15]))
     n = max(n, 2) if split == "test-unseen" else n
     cats = sample_categories(rng, split, n)
@@ -360,7 +371,8 @@ def _semantic(rng, split, cfg) -> _Draft | None:
     objs = [target] + _others(rng, split, cats, ns, 0.5)
     if 2 <= n <= 3 and rng.random() < 0.3:  # a second instance of a non-target category
         dup = objs[1 + int(rng.integers(n - 1))]
-        objs.append(ObjectPlan(dup.category, _colour(rng), _size(rng), "distractor", _random_slots(rng, ns), _gain(rng)))
+        objs.append(ObjectPlan(dup.category, _colour(rng), _size(rng), "distractor", _random_slots(rng, ns),
+                               _gain(rng)))
 
     def express(rng, placed):
         return ex.pick(rng, ex.SEMANTIC).format(n=ex.noun(rng, target.category)), target, {"category": target.category}
@@ -368,7 +380,7 @@ def _semantic(rng, split, cfg) -> _Draft | None:
     return _Draft("category", objs, express)
 
 
-def _appearance(rng, split, cfg) -> _Draft | None:
+def _appearance(rng: np.random.Generator, split: str, cfg: SceneConfig) -> _Draft | None:
     ns = cfg.num_slots
     u = rng.random()
     if u < 0.25:  # colour unique among all objects: "the red object"
@@ -416,7 +428,7 @@ def _appearance(rng, split, cfg) -> _Draft | None:
     return _Draft(variant, [target, contrast] + _others(rng, split, cats, ns, 0.5), express)
 
 
-def _spatial(rng, split, cfg) -> _Draft | None:
+def _spatial(rng: np.random.Generator, split: str, cfg: SceneConfig) -> _Draft | None:
     ns = cfg.num_slots
     times = frame_times(cfg)
     if rng.random() < 0.6:  # relation among all objects: "the object on the left"
@@ -467,7 +479,7 @@ def _spatial(rng, split, cfg) -> _Draft | None:
     return _Draft("relation-noun", [a, b] + _others(rng, split, cats, ns, 0.5), express)
 
 
-def _acoustic(rng, split, cfg) -> _Draft | None:
+def _acoustic(rng: np.random.Generator, split: str, cfg: SceneConfig) -> _Draft | None:
     ns = cfg.num_slots
     all_slots = tuple(range(ns))
     u = rng.random()
@@ -497,6 +509,7 @@ def _acoustic(rng, split, cfg) -> _Draft | None:
     cats = sample_categories(rng, split, 2 + int(rng.choice(2, p=[0.6, 0.4])))
     if cats is None:
         return None
+    _swap_first_two(rng, cats)
     loud = _gain(rng, -4.0, 0.0)
     target = ObjectPlan(cats[0], _colour(rng), _size(rng), "target", all_slots,
                         loud if variant == "louder" else loud - 12.0, essential=True)
@@ -510,12 +523,13 @@ def _acoustic(rng, split, cfg) -> _Draft | None:
     return _Draft(variant, [target, other] + extra, express)
 
 
-def _temporal(rng, split, cfg) -> _Draft | None:
+def _temporal(rng: np.random.Generator, split: str, cfg: SceneConfig) -> _Draft | None:
     ns = cfg.num_slots
     all_slots = tuple(range(ns))
     cats = sample_categories(rng, split, 2 + int(rng.choice(2, p=[0.6, 0.4])))
     if cats is None:
         return None
+    _swap_first_two(rng, cats)
     u = rng.random()
     if u < 0.4:
         variant = "first"
@@ -550,7 +564,7 @@ def _temporal(rng, split, cfg) -> _Draft | None:
     return _Draft(variant, [target, other] + extra, express)
 
 
-def _null(rng, split, cfg) -> _Draft | None:
+def _null(rng: np.random.Generator, split: str, cfg: SceneConfig) -> _Draft | None:
     ns = cfg.num_slots
     n = int(rng.choice([1, 2, 3, 4], p=[0.2, 0.35, 0.3, 0.15]))
     n = max(n, 2) if split == "test-unseen" else n
@@ -561,7 +575,8 @@ def _null(rng, split, cfg) -> _Draft | None:
                        essential=True)] + _others(rng, split, cats, ns, 0.5)
     if 2 <= n <= 3 and rng.random() < 0.3:
         dup = objs[int(rng.integers(n))]
-        objs.append(ObjectPlan(dup.category, _colour(rng), _size(rng), "distractor", _random_slots(rng, ns), _gain(rng)))
+        objs.append(ObjectPlan(dup.category, _colour(rng), _size(rng), "distractor", _random_slots(rng, ns),
+                               _gain(rng)))
     absent_colours = [c for c in _COLOUR_NAMES if c not in {o.colour for o in objs}]
     if rng.random() < 0.1 and absent_colours:
         colour = absent_colours[int(rng.integers(len(absent_colours)))]
@@ -572,7 +587,8 @@ def _null(rng, split, cfg) -> _Draft | None:
         def express(rng, placed):
             if rng.random() < 0.5:
                 return ex.pick(rng, ex.COLOUR_ANY).format(c=colour), None, {"colour": colour}
-            return ex.pick(rng, ex.COLOUR).format(c=colour, n=ex.noun(rng, present)), None, {"category": present, "colour": colour}
+            text = ex.pick(rng, ex.COLOUR).format(c=colour, n=ex.noun(rng, present))
+            return text, None, {"category": present, "colour": colour}
 
         return _Draft("absent-colour", objs, express)
     absent = [c for c in CATEGORIES if c not in {o.category for o in objs}]

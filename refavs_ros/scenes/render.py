@@ -60,7 +60,8 @@ def background(plan: ScenePlan, cfg: SceneConfig) -> np.ndarray:
     return np.clip(grey[..., None] * tint * 255.0, 0, 255).astype(np.uint8)
 
 
-def render_frames(plan: ScenePlan, cfg: SceneConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def render_frames(plan: ScenePlan, cfg: SceneConfig,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Composite the objects over the background at every frame time.
 
     Objects are pasted in plan order (later ones on top) with their binary silhouettes, so the
@@ -105,7 +106,8 @@ def slot_envelope(slots: tuple[int, ...], num_slots: int, sample_rate: int) -> n
     env = np.repeat(on, sample_rate)
     ramp = max(1, int(_RAMP_SEC * sample_rate))
     if ramp > 1:  # centred moving average = linear ramps
-        c = np.concatenate(([0.0], np.cumsum(np.pad(env, (ramp // 2, ramp - 1 - ramp // 2), mode="edge"), dtype=np.float64)))
+        padded = np.pad(env, (ramp // 2, ramp - 1 - ramp // 2), mode="edge")
+        c = np.concatenate(([0.0], np.cumsum(padded, dtype=np.float64)))
         env = ((c[ramp:] - c[:-ramp]) / ramp).astype(np.float32)
     return env
 

@@ -115,7 +115,8 @@ def render_plan(plan: ScenePlan, config: SceneConfig) -> Scene:
             "image_source": img_src,
             "sound_source": snd_src,
             "centre_start": [round(obj.centre[0] * config.width, 2), round(obj.centre[1] * config.height, 2)],
-            "velocity_px_per_sec": [round(obj.velocity[0] * config.width, 3), round(obj.velocity[1] * config.height, 3)],
+            "velocity_px_per_sec": [round(obj.velocity[0] * config.width, 3),
+                                    round(obj.velocity[1] * config.height, 3)],
             "bboxes": [_bbox(visible[t]) for t in range(n_t)],
             "areas_px": [int(a) for a in visible.reshape(n_t, -1).sum(axis=1)],
         })

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=2.0, help="camera rate in Hz (default 2.0)")
     p.add_argument("--duration", type=float, default=8.0, help="scene length in whole seconds, >= 4 (default 8)")
     p.add_argument("--media", choices=("auto", "procedural"), default="auto",
-                   help="auto: scikit-image photos and recorded sounds where available; procedural: shapes and synthetic sounds only")
+                   help="auto: scikit-image photos and recorded sounds where available; "
+                        "procedural: shapes and synthetic sounds only")
     p.add_argument("--overwrite", action="store_true", help="replace bags that already exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p

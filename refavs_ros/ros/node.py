@@ -113,6 +113,8 @@ class RefAvsNode(LifecycleNode):
         self._predictor: StreamingPredictor | None = None
         self._audio_class: type | None = None
         self._inference_enabled = True
+        self.configure_error = ""
+        """Why the last configure transition failed ("" after a success)."""
         self._audio_end_ns: int | None = None
         self._sensor_group = ReentrantCallbackGroup()
         self._infer_group = MutuallyExclusiveCallbackGroup()
@@ -195,11 +197,14 @@ class RefAvsNode(LifecycleNode):
                 settings.weights, **settings.pretrained_kwargs(_cuda_available)
             )
         except RefAvsError as exc:
+            self.configure_error = str(exc)
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         except Exception as exc:  # noqa: BLE001 - rclpy would turn it into a silent ERROR
-            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            self.configure_error = f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"configure failed: {self.configure_error}\n{traceback.format_exc()}")
             return TransitionCallbackReturn.FAILURE
+        self.configure_error = ""
         with self._infer_lock:
             self._predictor = predictor
         with self._pipeline_lock:

@@ -105,10 +105,11 @@ def slot_envelope(slots: tuple[int, ...], num_slots: int, sample_rate: int) -> n
     on[list(slots)] = 1.0
     env = np.repeat(on, sample_rate)
     ramp = max(1, int(_RAMP_SEC * sample_rate))
-    if ramp > 1:  # centred moving average = linear ramps
-        padded = np.pad(env, (ramp // 2, ramp - 1 - ramp // 2), mode="edge")
-        c = np.concatenate(([0.0], np.cumsum(padded, dtype=np.float64)))
-        env = ((c[ramp:] - c[:-ramp]) / ramp).astype(np.float32)
+    half = ramp // 2
+    for k in range(1, num_slots):  # linear ramp centred on every on/off boundary
+        if on[k] != on[k - 1]:
+            b = k * sample_rate
+            env[b - half : b - half + ramp] = np.linspace(on[k - 1], on[k], ramp, dtype=np.float32)
     return env
 
 
@@ -125,7 +126,7 @@ def render_audio(plan: ScenePlan, cfg: SceneConfig, rng: np.random.Generator) ->
         every object (also for silent ones).
     """
     n, sr, ns = cfg.num_samples, cfg.sample_rate, cfg.num_slots
-    mix = rng.standard_normal(n).astype(np.float32) * np.float32(10.0 ** (plan.noise_db / 20.0))
+    mix = rng.standard_normal(n, dtype=np.float32) * np.float32(10.0 ** (plan.noise_db / 20.0))
     sources = []
     for obj in plan.objects:
         sources.append(category_sound(obj.category, cfg.media).source)

@@ -83,7 +83,7 @@ def test_shapes_dtypes_stamps_and_info():
     assert s.frames.dtype == np.uint8 and s.frames.shape == (8, 48, 64, 3)
     assert s.gt_masks.dtype == bool and s.gt_masks.shape == (8, 48, 64)
     assert s.frame_stamps_ns.dtype == np.int64
-    np.testing.assert_array_equal(s.frame_stamps_ns, 5 * 10**9 + 3 + np.arange(8) * 500_000_000)
+    np.testing.assert_array_equal(s.frame_stamps_ns, 5 * 10**9 + 3 + np.arange(1, 9) * 500_000_000)
     assert s.audio.dtype == np.int16 and s.audio.shape == (4 * 16000,)
     assert s.audio_start_ns == cfg.start_ns
     info = s.info()

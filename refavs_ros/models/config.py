@@ -40,7 +40,7 @@ class EEMCConfig:
     backbone_channels: tuple[int, int, int, int] = (16, 32, 64, 96)
     d_model: int = 64
     num_heads: int = 4
-    num_layers: int = 1
+    num_layers: int = 2
     num_queries: int = 8
     ffn_dim: int = 128
     token_grid: int = 8
@@ -95,7 +95,7 @@ class EEMCConfig:
     def profile_named(cls, name: str, **overrides: Any) -> "EEMCConfig":
         """Build a named profile.
 
-        ``tiny``: real time on 2 CPU cores (128 px input, d 64, 1 layer, 8 queries, MiniLM-L6).
+        ``tiny``: real time on 2 CPU cores (128 px input, d 64, 2 layers, 8 queries, MiniLM-L6).
         ``base``: the paper's sizes (Sec. 5.1: 384 px input, d_V 256, N_L 4, N_q 100, L 25,
         text width 768 for a RoBERTa-base encoder given by ``text_model``).
 

@@ -23,7 +23,7 @@ class SceneConfig:
         duration_sec: scene length in seconds; a whole number 4..600 (sound events live on 1-s
             slots, and temporal expressions need at least 4 of them).
         sample_rate: audio rate in Hz, 8000..96000 (the benchmark's models use 16000).
-        start_ns: stamp (ns) of the first frame and of the first audio sample, >= 0.
+        start_ns: stamp (ns) of the first audio sample, >= 0; the first frame is stamped 1/fps later.
         media: "auto" (scikit-image photos and recorded sounds where available, procedural
             otherwise) or "procedural" (procedural shapes and synthetic sounds only).
     """

@@ -22,7 +22,9 @@ class Scene:
         kind: one of EXPRESSION_KINDS.
         expression: the referring expression (the command text).
         frames: uint8 (T, H, W, 3) RGB, T = ``config.num_frames``.
-        frame_stamps_ns: int64 (T,), ``start_ns + round(i / fps * 1e9)`` (ns).
+        frame_stamps_ns: int64 (T,), ``start_ns + round((i + 1) / fps * 1e9)`` (ns): frame i
+            is stamped at the END of its 1/fps interval, so a causal model that listens to the
+            audio up to a frame's stamp hears the interval the frame shows (frame 0 too).
         audio: int16 (N,) mono at ``sample_rate``, N = ``duration_sec * sample_rate``.
         audio_start_ns: stamp (ns) of ``audio[0]`` (== ``start_ns``).
         gt_masks: bool (T, H, W): the referred object's visible pixels per frame; all False for
@@ -124,7 +126,7 @@ def render_plan(plan: ScenePlan, config: SceneConfig) -> Scene:
         gt = np.zeros(owner.shape, bool)
     else:
         gt = owner == plan.target
-    stamps = config.start_ns + np.round(np.arange(n_t) / float(config.fps) * 1e9).astype(np.int64)
+    stamps = config.start_ns + np.round(np.arange(1, n_t + 1) / float(config.fps) * 1e9).astype(np.int64)
     meta = {
         "index": plan.index,
         "seed": plan.seed,

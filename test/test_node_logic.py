@@ -468,3 +468,11 @@ def test_import_audio_class_errors_name_the_provider() -> None:
             import_audio_class("AudioStamped")
         with pytest.raises(ConfigError, match="ros-drivers/audio_common"):
             import_audio_class("AudioDataStamped")
+
+
+def test_docs_parameter_table_lists_every_parameter() -> None:
+    text = (REPO / "docs" / "ros.md").read_text().split("## Parameters", 1)[1]
+    for spec in PARAMETERS:
+        row = next((line for line in text.splitlines() if line.startswith(f"| `{spec.name}` |")), None)
+        assert row is not None, f"docs/ros.md has no row for {spec.name}"
+        assert f"| {spec.stage} |" in row, spec.name

@@ -1,14 +1,19 @@
-"""Create a stage backend by name."""
+"""Create a stage backend by name; each backend's module (and library) is imported only when asked for.
+
+``torch`` needs nothing extra; ``onnxruntime`` imports onnxruntime (never TensorRT);
+``tensorrt`` imports TensorRT and needs a CUDA GPU.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from refavs_ros.backends.base import StageBackend
-from refavs_ros.errors import ConfigError
+from refavs_ros.errors import BackendUnavailableError, ConfigError
 from refavs_ros.models.eemc import EEMC
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
+"""Backend names accepted by :func:`create_backend`."""
 
 
 def create_backend(
@@ -24,26 +29,35 @@ def create_backend(
     Args:
         name: ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``.
         model: EEMC model (weights on CPU are fine; the backend moves/exports them).
-        device: torch device for the torch backend (``"cpu"``, ``"cuda"``...).
-        cache_dir: where exported ONNX files / TensorRT engines are cached.
-        precision: TensorRT precision ``"fp16"`` or ``"fp32"``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available). torch:
+            the torch device; onnxruntime: CPU or CUDA execution provider; tensorrt: must be a
+            CUDA device (``"cpu"`` is taken as ``"cuda"`` there, since TensorRT only runs on GPUs).
+        cache_dir: root of the ONNX / TensorRT engine cache; None =
+            :func:`refavs_ros.export.default_cache_dir`.
+        precision: TensorRT precision ``"fp16"`` or ``"fp32"`` (ignored by the other backends).
 
     Raises:
-        ConfigError: unknown backend name.
+        ConfigError: unknown backend name or bad device/precision.
         BackendUnavailableError: the library or device for the backend is missing.
+        ModelLoadError: export or engine build/load failed.
     """
     if name == "torch":
         from refavs_ros.backends.torch_backend import TorchBackend
 
-        return TorchBackend(model, device=device)
-    if name in ("onnxruntime", "tensorrt"):
-        try:
-            from refavs_ros.backends import onnx_backend, tensorrt_backend  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - filled in by the deployment work
-            from refavs_ros.errors import BackendUnavailableError
+        if device == "auto":
+            import torch
 
-            raise BackendUnavailableError(f"backend {name!r} is not available in this build: {exc}") from exc
-        if name == "onnxruntime":
-            return onnx_backend.OnnxRuntimeBackend.from_model(model, cache_dir=cache_dir)
-        return tensorrt_backend.TensorRTBackend.from_model(model, cache_dir=cache_dir, precision=precision)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return TorchBackend(model, device=device)
+    if name == "onnxruntime":
+        try:
+            from refavs_ros.backends.onnx_backend import OnnxRuntimeBackend
+        except ImportError as exc:  # onnxruntime missing or broken
+            raise BackendUnavailableError(f"backend 'onnxruntime' is not available: {exc}") from exc
+        return OnnxRuntimeBackend.from_model(model, cache_dir=cache_dir, device=device)
+    if name == "tensorrt":
+        from refavs_ros.backends.tensorrt_backend import TensorRTBackend  # imports tensorrt lazily
+
+        trt_device = "cuda" if device in ("cpu", "auto") else device
+        return TensorRTBackend.from_model(model, cache_dir=cache_dir, precision=precision, device=trt_device)
     raise ConfigError(f"unknown backend {name!r}; expected one of {BACKENDS}")

@@ -1,0 +1,120 @@
+"""``refavs-export``: export EEMC stage-wise to ONNX (opset 17), verify with ONNX Runtime, optionally build TensorRT engines.
+
+Examples::
+
+    refavs-export --out export/tiny                                 # shipped tiny weights
+    refavs-export --weights my.safetensors --out export/mine
+    refavs-export --profile base --random-weights --out export/base  # timing/deployment dry run
+    refavs-export --out export/tiny --tensorrt --precision fp16      # + engines (GPU + TensorRT)
+
+Writes ``<out>/{visual,audio,fuse,decode,text}.onnx`` and ``<out>/manifest.json`` and prints
+the max abs error of every output against PyTorch. Exit code: 0 ok, 1 an error exceeds
+``--atol``, 2 bad input / missing files / unavailable backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from refavs_ros.errors import ConfigError, ModelLoadError, RefAvsError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of refavs-export."""
+    p = argparse.ArgumentParser(prog="refavs-export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="output directory for the ONNX graphs and manifest.json")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="EEMC safetensors file (default: the shipped models/refavs_tiny.safetensors)")
+    p.add_argument("--profile", default=None, choices=["tiny", "base", "official"],
+                   help="with --random-weights: the architecture to export; 'official' is not supported (see docs/deploy.md)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="random weights (seed --seed) for --profile instead of a weights file (graph shapes and speed are the same)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --random-weights")
+    p.add_argument("--text-model", default=None,
+                   help="text encoder id or local directory to export as text.onnx (default: the model's)")
+    p.add_argument("--no-text", action="store_true", help="do not export the text encoder")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--fp16-graphs", action="store_true",
+                   help="float16 weights/arithmetic inside the stage graphs, float32 I/O (for strongly typed TensorRT)")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check against PyTorch")
+    p.add_argument("--atol", type=float, default=1e-4,
+                   help="max abs error allowed per output (default 1e-4; use ~1e-1 with --fp16-graphs)")
+    p.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (needs TensorRT and a CUDA GPU)")
+    p.add_argument("--precision", default="fp16", choices=["fp16", "fp32"], help="TensorRT precision (default fp16)")
+    p.add_argument("--engine-dir", type=Path, default=None, help="TensorRT engine cache root (default: --out)")
+    p.add_argument("--json", type=Path, default=None, help="also write the report (manifest) to this file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code (0 ok, 1 tolerance exceeded, 2 error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except RefAvsError as exc:
+        print(f"refavs-export: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _load_model(args: argparse.Namespace):
+    import torch
+
+    from refavs_ros.models.checkpoint import load_eemc
+    from refavs_ros.models.config import EEMCConfig
+    from refavs_ros.models.eemc import EEMC
+    from refavs_ros.resources import default_weights_path
+
+    if args.profile == "official":
+        raise ConfigError(
+            "exporting the official (released) model is not supported: see docs/deploy.md, section 'Official model'"
+        )
+    if args.random_weights:
+        if args.weights is not None:
+            raise ConfigError("--random-weights and --weights are mutually exclusive")
+        torch.manual_seed(args.seed)
+        return EEMC(EEMCConfig.profile_named(args.profile or "tiny")).eval(), "random"
+    path = args.weights if args.weights is not None else default_weights_path()
+    model, _meta = load_eemc(path)
+    if args.profile is not None and model.cfg.profile != args.profile:
+        raise ConfigError(f"{path} holds profile {model.cfg.profile!r}, not --profile {args.profile!r}")
+    return model, str(path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from refavs_ros.export import check_tolerance, export_eemc
+    from refavs_ros.models.text import resolve_text_model
+
+    model, source = _load_model(args)
+    text_dir = None
+    if not args.no_text:
+        try:
+            text_dir = resolve_text_model(args.text_model or model.cfg.text_model)
+        except ModelLoadError as exc:
+            print(f"refavs-export: text encoder not exported: {exc} (pass --text-model DIR or --no-text)", file=sys.stderr)
+    print(f"exporting EEMC profile {model.cfg.profile!r} ({source}) to {args.out}", flush=True)
+    report = export_eemc(
+        model, args.out, text_model_dir=text_dir, opset=args.opset, half=args.fp16_graphs, verify=not args.no_verify
+    )
+    print(report.table())
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.to_dict(), indent=2))
+    if args.tensorrt:
+        from refavs_ros.backends.tensorrt_backend import TensorRTBackend
+
+        engine_root = args.engine_dir or args.out
+        backend = TensorRTBackend.from_model(model, cache_dir=engine_root, precision=args.precision)
+        for stage, eng in backend.stages.items():
+            print(f"tensorrt {stage:<7} {eng.path}")
+    bad = [] if args.no_verify else check_tolerance(report, args.atol)
+    if bad:
+        print(f"refavs-export: errors above --atol {args.atol:g}: {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -920,32 +920,6 @@ def ns_to_stamp(stamp_ns: int) -> tuple[int, int]:
     return sec, nanosec
 
 
-def compressed_image_to_rgb8(msg: Any) -> np.ndarray:
-    """Decode a ``sensor_msgs/CompressedImage`` (JPEG/PNG, as image_transport's ``compressed``
-    plugin publishes) to RGB uint8 (H, W, 3) with ``cv2.imdecode``.
-
-    Local stand-in until ``refavs_ros.conversions`` offers a CompressedImage reader.
-
-    Args:
-        msg: object with ``format`` (e.g. ``"jpeg"``, ``"rgb8; jpeg compressed bgr8"``) and
-            ``data`` (bytes, array.array('B') or a uint8 numpy array).
-
-    Raises:
-        InputError: ``compressedDepth`` data, empty data, or bytes OpenCV cannot decode.
-    """
-    fmt = str(getattr(msg, "format", ""))
-    if "compressedDepth" in fmt:
-        raise InputError(f"CompressedImage format {fmt!r} (depth) is not a colour image")
-    data = msg.data
-    buf = data.reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else np.frombuffer(bytes(data), np.uint8)
-    if buf.size == 0:
-        raise InputError("CompressedImage has no data")
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise InputError(f"cannot decode CompressedImage ({buf.size} bytes, format {fmt!r})")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
-
-
 def import_audio_class(type_name: str) -> type:
     """Import ``audio_common_msgs.msg.<type_name>`` (done at configure time: the message package
     is a run-time choice, not a build dependency).

@@ -439,7 +439,7 @@ def test_compressed_image_decode() -> None:
     import numpy as np
 
     from refavs_ros.errors import InputError
-    from refavs_ros.node_logic import compressed_image_to_rgb8
+    from refavs_ros.conversions import compressed_image_to_rgb8
 
     rgb = np.zeros((8, 10, 3), np.uint8)
     rgb[:, :5] = (255, 0, 0)  # left half red

@@ -56,7 +56,6 @@ from refavs_ros.node_logic import (
     PipelineState,
     QosSpec,
     check_parameter_change,
-    compressed_image_to_rgb8,
     diagnose,
     import_audio_class,
     overlay_caption,
@@ -466,7 +465,8 @@ class RefAvsNode(LifecycleNode):
 
     def _infer(self, predictor: StreamingPredictor, settings: NodeSettings, stamp_ns: int, msg: Any) -> None:
         try:
-            rgb = compressed_image_to_rgb8(msg) if isinstance(msg, CompressedImage) else conversions.image_to_rgb8(msg)
+            rgb = (conversions.compressed_image_to_rgb8(msg) if isinstance(msg, CompressedImage)
+                   else conversions.image_to_rgb8(msg))
             predictor.push_image(stamp_ns, rgb)
         except InputError as exc:
             self._bad_input("image", exc)

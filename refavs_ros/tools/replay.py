@@ -514,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference backend (default torch)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--num-frames", type=int, default=None, help="cached-memory window in frames (default: model config)")
+    p.add_argument("--zero-audio", action="store_true", help="ablation: the model hears silence instead of the audio")
+    p.add_argument("--beta", type=float, default=None,
+                   help="cached-memory sensitivity (paper Eq. 2); 0 = cached memory off (ablation); default: model's")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -526,7 +529,10 @@ def build_predictor(args: argparse.Namespace) -> Predictor:
     """
     from refavs_ros.predictor import PredictorConfig, StreamingPredictor
 
-    config = PredictorConfig() if args.num_frames is None else PredictorConfig(num_frames=args.num_frames)
+    overrides: dict = {"zero_audio": bool(args.zero_audio), "beta": args.beta}
+    if args.num_frames is not None:
+        overrides["num_frames"] = args.num_frames
+    config = PredictorConfig(**overrides)
     return StreamingPredictor.from_pretrained(
         args.weights, config=config, model=args.model, backend=args.backend, device=args.device,
         models_dir=args.models_dir,
@@ -549,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
+        if args.beta is not None and args.beta < 0:
+            raise ConfigError(f"--beta must be >= 0, got {args.beta}")
         if args.num_frames is not None and args.num_frames < 1:
             raise ConfigError(f"--num-frames must be >= 1, got {args.num_frames}")
         if args.audio_rate <= 0 or args.audio_channels <= 0:

@@ -33,10 +33,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-import cv2
-import numpy as np
 
-from refavs_ros.errors import ConfigError, InputError
+from refavs_ros.errors import ConfigError
 from refavs_ros.predictor import PredictorConfig
 
 # --------------------------------------------------------------------------------------------

@@ -179,5 +179,53 @@ def test_cli_exit_codes(tiny_weights, tmp_path, capsys):
     assert code == (1 if check_tolerance(report, 0.0) else 0)
     assert export_main(["--weights", str(tmp_path / "missing.safetensors"), "--out", str(out)]) == 2
     assert "missing.safetensors" in capsys.readouterr().err
-    assert export_main(["--profile", "official", "--random-weights", "--out", str(out)]) == 2
-    assert "official" in capsys.readouterr().err
+    assert export_main(["--profile", "base", "--weights", str(tiny_weights), "--out", str(out)]) == 2
+    assert "profile" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------- released (official) model
+def _has_float64(path) -> bool:
+    graph = onnx.load(str(path)).graph
+    casts = [a.i for n in graph.node if n.op_type == "Cast" for a in n.attribute if a.name == "to"]
+    consts = [a.t.data_type for n in graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+    inits = [t.data_type for t in graph.initializer]
+    return onnx.TensorProto.DOUBLE in casts + consts + inits
+
+
+def test_official_stages_export_and_match_pytorch(tiny_text_dir, tmp_path):
+    from test_official_helpers import tiny_model, tiny_vggish
+
+    from refavs_ros.export import OFFICIAL_STAGES, export_official
+
+    net = tiny_model()
+    report = export_official(net, tmp_path, window=3, vggish=tiny_vggish(), text_model_dir=tiny_text_dir)
+    assert [s.stage for s in report.stages] == ["visual", "audio", "fuse", "decode", TEXT_STAGE]
+    for s in report.stages:
+        graph = onnx.load(str(tmp_path / s.file)).graph
+        spec = OFFICIAL_STAGES.get(s.stage)
+        if spec is not None:
+            assert [o.name for o in graph.output] == list(spec.outputs)
+            # inputs keep their names; the exporter may drop one the tiny decoder never reads
+            assert {i.name for i in graph.input} <= set(spec.inputs)
+        # Mask2Former's deformable attention traces into float64 arithmetic; it must be gone
+        # (ONNX Runtime's GridSample and TensorRT need float32)
+        assert not _has_float64(tmp_path / s.file), s.stage
+    fuse_in = {k: v[0] for k, v in report.stage("fuse").inputs.items()}
+    assert fuse_in["visual_tokens"][:2] == [1, 3] and fuse_in["text_hidden"][:2] == [1, 25]
+    assert report.stage("decode").max_abs_error["mask_logits"] >= 0
+    assert check_tolerance(report, ATOL) == [], report.table()
+
+
+def test_cli_exports_the_official_model(tiny_text_dir, tmp_path):
+    from test_official_helpers import make_checkpoint, make_models_dir, tiny_model
+
+    models_dir = make_models_dir(tmp_path / "models", tiny_text_dir)
+    ckpt = make_checkpoint(tmp_path / "ckpt_best_miou.pth", tiny_model())
+    out = tmp_path / "official"
+    code = export_main(["--profile", "official", "--weights", str(ckpt), "--models-dir", str(models_dir),
+                        "--out", str(out), "--window", "2"])
+    assert code == 0
+    report = read_manifest(out)
+    assert report.config["model"] == "official" and report.config["window"] == 2
+    assert {s.stage for s in report.stages} == {"visual", "audio", "fuse", "decode", TEXT_STAGE}
+    assert export_main(["--profile", "official", "--out", str(out)]) == 2  # no weights / models dir

@@ -6,6 +6,7 @@ Examples::
     refavs-export --weights my.safetensors --out export/mine
     refavs-export --profile base --random-weights --out export/base  # timing/deployment dry run
     refavs-export --out export/tiny --tensorrt --precision fp16      # + engines (GPU + TensorRT)
+    refavs-export --profile official --weights ckpt_best_miou.pth --models-dir models/official --out export/official
 
 Writes ``<out>/{visual,audio,fuse,decode,text}.onnx`` and ``<out>/manifest.json`` and prints
 the max abs error of every output against PyTorch. Exit code: 0 ok, 1 an error exceeds
@@ -27,9 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refavs-export", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="output directory for the ONNX graphs and manifest.json")
     p.add_argument("--weights", type=Path, default=None,
-                   help="EEMC safetensors file (default: the shipped models/refavs_tiny.safetensors)")
+                   help="EEMC safetensors file (default: the shipped models/refavs_tiny.safetensors); "
+                        "for --profile official the released ckpt_best_miou.pth")
     p.add_argument("--profile", default=None, choices=["tiny", "base", "official"],
-                   help="with --random-weights: the architecture to export; 'official' is not supported (see docs/deploy.md)")
+                   help="architecture: with --random-weights the one to build; 'official' = the released model "
+                        "(needs --weights and --models-dir, or --random-weights for the Swin-B architecture)")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="official: directory with the Mask2Former config, distilroberta-base and vggish (see docs/official.md)")
+    p.add_argument("--window", type=int, default=10, help="official: frames per fusion window of the fuse graph (default 10)")
     p.add_argument("--random-weights", action="store_true",
                    help="random weights (seed --seed) for --profile instead of a weights file (graph shapes and speed are the same)")
     p.add_argument("--seed", type=int, default=0, help="seed of --random-weights")
@@ -67,10 +73,6 @@ def _load_model(args: argparse.Namespace):
     from refavs_ros.models.eemc import EEMC
     from refavs_ros.resources import default_weights_path
 
-    if args.profile == "official":
-        raise ConfigError(
-            "exporting the official (released) model is not supported: see docs/deploy.md, section 'Official model'"
-        )
     if args.random_weights:
         if args.weights is not None:
             raise ConfigError("--random-weights and --weights are mutually exclusive")
@@ -83,10 +85,57 @@ def _load_model(args: argparse.Namespace):
     return model, str(path)
 
 
+def _export_official(args: argparse.Namespace):
+    """Export the released model; returns the ExportReport."""
+    import torch
+
+    from refavs_ros.export import export_official
+    from refavs_ros.models.official_loaders import TEXT_DIR, load_official
+
+    if args.window < 1:
+        raise ConfigError(f"--window must be >= 1, got {args.window}")
+    if args.random_weights:
+        from transformers import Mask2FormerConfig, SwinConfig
+
+        from refavs_ros.models.official import OfficialEEMC
+        from refavs_ros.models.vggish import VGGish
+
+        # the released architecture: Mask2Former Swin-B (ADE20k head, 150 labels) at 384 px
+        swin = SwinConfig(image_size=384, embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32],
+                          window_size=12, out_features=["stage1", "stage2", "stage3", "stage4"])
+        torch.manual_seed(args.seed)
+        net, vggish = OfficialEEMC(Mask2FormerConfig(backbone_config=swin, num_labels=150)), VGGish()
+        text_dir = None if args.no_text or args.text_model is None else Path(args.text_model)
+        source = "random"
+    else:
+        if args.weights is None or args.models_dir is None:
+            raise ConfigError("--profile official needs --weights ckpt_best_miou.pth and --models-dir (or --random-weights)")
+        parts = load_official(args.weights, args.models_dir)
+        net, vggish = parts.model, parts.vggish
+        text_dir = None if args.no_text else Path(args.text_model or args.models_dir / TEXT_DIR)
+        source = str(args.weights)
+    print(f"exporting the released model ({source}, window {args.window}) to {args.out}", flush=True)
+    return export_official(net, args.out, window=args.window, vggish=vggish, text_model_dir=text_dir,
+                           opset=args.opset, verify=not args.no_verify)
+
+
 def _run(args: argparse.Namespace) -> int:
     from refavs_ros.export import check_tolerance, export_eemc
     from refavs_ros.models.text import resolve_text_model
 
+    if args.profile == "official":
+        if args.tensorrt or args.fp16_graphs:
+            raise ConfigError("--tensorrt and --fp16-graphs are for EEMC profiles; build official engines with trtexec")
+        report = _export_official(args)
+        print(report.table())
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report.to_dict(), indent=2))
+        bad = [] if args.no_verify else check_tolerance(report, args.atol)
+        if bad:
+            print(f"refavs-export: errors above --atol {args.atol:g}: {', '.join(bad)}", file=sys.stderr)
+            return 1
+        return 0
     model, source = _load_model(args)
     text_dir = None
     if not args.no_text:

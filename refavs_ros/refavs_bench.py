@@ -115,7 +115,9 @@ class RefAvsBench:
             try:
                 fid = int(row["fid"])
             except ValueError:
-                raise InputError(f"{self.metadata_path}: uid {row['uid']!r} has a non-integer fid {row['fid']!r}") from None
+                raise InputError(
+                    f"{self.metadata_path}: uid {row['uid']!r} has a non-integer fid {row['fid']!r}"
+                ) from None
             out.append(BenchEntry(len(out), row["vid"], row["uid"], split, fid, row["exp"], media_folder(row["uid"])))
             if limit is not None and len(out) >= limit:
                 break

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from test_official_helpers import TINY_IMAGE, TINY_TEXT_DIM, randomize_, tiny_m2f_config, tiny_model
 from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
 from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
@@ -30,7 +31,6 @@ from refavs_ros.models.official import (
     released_key_to_local,
     visual_tokens,
 )
-from test_official_helpers import TINY_IMAGE, TINY_TEXT_DIM, randomize_, tiny_m2f_config, tiny_model
 
 SWIN = "model_v.model.pixel_level_module.encoder."
 
@@ -261,10 +261,10 @@ def test_adapter_replaces_attention_output():
     torch.manual_seed(0)
     attn = AdaptedDeformableAttention(32, 2)
     hidden = torch.randn(1, 4 + 1 + 1, 32)
-    kwargs = dict(
-        hidden_states=hidden, attention_mask=None, encoder_hidden_states=hidden,
-        reference_points=torch.rand(1, 6, 3, 2), spatial_shapes_list=[(2, 2), (1, 1), (1, 1)],
-    )
+    kwargs = {
+        "hidden_states": hidden, "attention_mask": None, "encoder_hidden_states": hidden,
+        "reference_points": torch.rand(1, 6, 3, 2), "spatial_shapes_list": [(2, 2), (1, 1), (1, 1)],
+    }
     out, _ = attn(**kwargs)
     plain, _ = Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention.forward(attn, **kwargs)
     torch.testing.assert_close(out, attn.avs_adapt(plain))

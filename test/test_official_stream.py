@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from test_official_helpers import make_checkpoint, make_models_dir, tiny_model, tiny_vggish
 
 from refavs_ros import audio as audio_fe
 from refavs_ros.errors import ConfigError, InputError, ModelLoadError
@@ -21,7 +22,6 @@ from refavs_ros.models.official_loaders import (
 from refavs_ros.models.official_stream import OfficialStreamEngine
 from refavs_ros.models.streaming import StreamEngine
 from refavs_ros.predictor import PredictorConfig, StreamingPredictor
-from test_official_helpers import make_checkpoint, make_models_dir, tiny_model, tiny_vggish
 
 COMMAND = "the dog barking on the left"
 

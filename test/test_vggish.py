@@ -13,11 +13,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_official_helpers import TINY_VGGISH_CHANNELS, tiny_vggish
 
 from refavs_ros import audio
 from refavs_ros.errors import InputError, ModelLoadError
 from refavs_ros.models.vggish import VGGish, load_vggish, load_vggish_state_dict
-from test_official_helpers import TINY_VGGISH_CHANNELS, tiny_vggish
 
 RATE = 16000
 

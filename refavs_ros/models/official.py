@@ -144,41 +144,22 @@ class AdaptedDeformableAttention(Mask2FormerPixelDecoderEncoderMultiscaleDeforma
 # --------------------------------------------------------------------------------------------
 
 _BACKBONE = "model_v.model.pixel_level_module.encoder."
-_BLOCK = r"encoder\.layers\.(\d+)\.blocks\.(\d+)\."
-# (released suffix regex, local suffix template); applied after the backbone prefix.
-_RELEASED_TO_LOCAL: list[tuple[str, str]] = [
-    (r"^embeddings\.(.+)$", r"swin.embeddings.\1"),
-    (rf"^{_BLOCK}attention\.self\.query\.(weight|bias)$", r"swin.encoder.layers.\1.blocks.\2.attention.q_proj.\3"),
-    (rf"^{_BLOCK}attention\.self\.key\.(weight|bias)$", r"swin.encoder.layers.\1.blocks.\2.attention.k_proj.\3"),
-    (rf"^{_BLOCK}attention\.self\.value\.(weight|bias)$", r"swin.encoder.layers.\1.blocks.\2.attention.v_proj.\3"),
-    (
-        rf"^{_BLOCK}attention\.self\.relative_position_bias_table$",
-        r"swin.encoder.layers.\1.blocks.\2.attention.relative_position_bias.relative_position_bias_table",
-    ),
-    (rf"^{_BLOCK}attention\.output\.dense\.(weight|bias)$", r"swin.encoder.layers.\1.blocks.\2.attention.o_proj.\3"),
-    (rf"^{_BLOCK}intermediate\.dense\.(weight|bias)$", r"swin.encoder.layers.\1.blocks.\2.mlp.fc1.\3"),
-    (rf"^{_BLOCK}output\.dense\.(weight|bias)$", r"swin.encoder.layers.\1.blocks.\2.mlp.fc2.\3"),
-    (rf"^{_BLOCK}(layernorm_before|layernorm_after)\.(weight|bias)$", r"swin.encoder.layers.\1.blocks.\2.\3.\4"),
-    (r"^encoder\.layers\.(\d+)\.downsample\.(.+)$", r"swin.encoder.layers.\1.downsample.\2"),
-    (r"^hidden_states_norms\.(.+)$", r"hidden_states_norms.\1"),
-]
-_RELATIVE_INDEX = re.compile(rf"^{_BLOCK}attention\.self\.relative_position_index$")
-_LOCAL_TO_RELEASED: list[tuple[str, str]] = [
-    (r"^swin\.embeddings\.(.+)$", r"embeddings.\1"),
-    (r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.q_proj\.(.+)$", r"encoder.layers.\1.blocks.\2.attention.self.query.\3"),
-    (r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.k_proj\.(.+)$", r"encoder.layers.\1.blocks.\2.attention.self.key.\3"),
-    (r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.v_proj\.(.+)$", r"encoder.layers.\1.blocks.\2.attention.self.value.\3"),
-    (
-        r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.relative_position_bias\.relative_position_bias_table$",
-        r"encoder.layers.\1.blocks.\2.attention.self.relative_position_bias_table",
-    ),
-    (r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.o_proj\.(.+)$", r"encoder.layers.\1.blocks.\2.attention.output.dense.\3"),
-    (r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.(.+)$", r"encoder.layers.\1.blocks.\2.intermediate.dense.\3"),
-    (r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.(.+)$", r"encoder.layers.\1.blocks.\2.output.dense.\3"),
-    (r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.(layernorm_before|layernorm_after)\.(.+)$", r"encoder.layers.\1.blocks.\2.\3.\4"),
-    (r"^swin\.encoder\.layers\.(\d+)\.downsample\.(.+)$", r"encoder.layers.\1.downsample.\2"),
-    (r"^hidden_states_norms\.(.+)$", r"hidden_states_norms.\1"),
-]
+# Inside one Swin block: (4.30.2 name, installed name). A trailing "." means "followed by
+# weight/bias"; the others are whole names.
+_BLOCK_RENAMES: tuple[tuple[str, str], ...] = (
+    ("attention.self.query.", "attention.q_proj."),
+    ("attention.self.key.", "attention.k_proj."),
+    ("attention.self.value.", "attention.v_proj."),
+    ("attention.self.relative_position_bias_table", "attention.relative_position_bias.relative_position_bias_table"),
+    ("attention.output.dense.", "attention.o_proj."),
+    ("intermediate.dense.", "mlp.fc1."),
+    ("output.dense.", "mlp.fc2."),
+    ("layernorm_before.", "layernorm_before."),
+    ("layernorm_after.", "layernorm_after."),
+)
+_RELEASED_INDEX = "attention.self.relative_position_index"
+_RELEASED_BLOCK = re.compile(r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.+)$")
+_LOCAL_BLOCK = re.compile(r"^swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.(.+)$")
 _OPTIONAL_LOCAL = (
     # SwinModel's final LayerNorm: created by the installed SwinBackbone, absent from the 4.30.2
     # SwinBackbone, and unused for the backbone's feature maps (they are taken before it).
@@ -186,6 +167,23 @@ _OPTIONAL_LOCAL = (
     # Mask2Former loss class weights: training only.
     re.compile(r"^model_v\.criterion\.empty_weight$"),
 )
+
+
+def _rename_inner(inner: str, pairs: tuple[tuple[str, str], ...]) -> str | None:
+    for old, new in pairs:
+        if inner == old or (old.endswith(".") and inner.startswith(old)):
+            return new + inner[len(old) :]
+    return None
+
+
+def _released_index_key(key: str) -> tuple[int, int] | None:
+    """(stage, block) when ``key`` is a released Swin ``relative_position_index`` buffer."""
+    if not key.startswith(_BACKBONE):
+        return None
+    m = _RELEASED_BLOCK.match(key[len(_BACKBONE) :])
+    if m and m.group(3) == _RELEASED_INDEX:
+        return int(m.group(1)), int(m.group(2))
+    return None
 
 
 def released_key_to_local(key: str) -> str | None:
@@ -204,12 +202,17 @@ def released_key_to_local(key: str) -> str | None:
     if not key.startswith(_BACKBONE):
         return key
     rest = key[len(_BACKBONE) :]
-    if _RELATIVE_INDEX.match(rest):
-        return None
-    for pattern, template in _RELEASED_TO_LOCAL:
-        new, n = re.subn(pattern, template, rest)
-        if n:
-            return _BACKBONE + new
+    if rest.startswith("embeddings.") or re.match(r"^encoder\.layers\.\d+\.downsample\.", rest):
+        return f"{_BACKBONE}swin.{rest}"
+    if rest.startswith("hidden_states_norms."):
+        return key
+    m = _RELEASED_BLOCK.match(rest)
+    if m:
+        if m.group(3) == _RELEASED_INDEX:
+            return None
+        inner = _rename_inner(m.group(3), _BLOCK_RENAMES)
+        if inner is not None:
+            return f"{_BACKBONE}swin.encoder.layers.{m.group(1)}.blocks.{m.group(2)}.{inner}"
     return "?" + key
 
 
@@ -228,10 +231,15 @@ def local_key_to_released(key: str) -> str:
     if not key.startswith(_BACKBONE):
         return key
     rest = key[len(_BACKBONE) :]
-    for pattern, template in _LOCAL_TO_RELEASED:
-        new, n = re.subn(pattern, template, rest)
-        if n:
-            return _BACKBONE + new
+    if rest.startswith("swin.embeddings.") or re.match(r"^swin\.encoder\.layers\.\d+\.downsample\.", rest):
+        return _BACKBONE + rest[len("swin.") :]
+    if rest.startswith("hidden_states_norms."):
+        return key
+    m = _LOCAL_BLOCK.match(rest)
+    if m:
+        inner = _rename_inner(m.group(3), tuple((new, old) for old, new in _BLOCK_RENAMES))
+        if inner is not None:
+            return f"{_BACKBONE}encoder.layers.{m.group(1)}.blocks.{m.group(2)}.{inner}"
     raise KeyError(f"{key} has no counterpart in the released (transformers 4.30.2) checkpoint")
 
 
@@ -310,9 +318,7 @@ def convert_released_state_dict(
     for key, value in _strip_module_prefix(state_dict).items():
         local = released_key_to_local(key)
         if local is None:
-            rest = key[len(_BACKBONE) :]
-            layer, block = _RELATIVE_INDEX.match(rest).groups()  # type: ignore[union-attr]
-            expected = index_buffers.get((int(layer), int(block)))
+            expected = index_buffers.get(_released_index_key(key))
             if expected is None:
                 report.unexpected.append(key)
             elif value.numel() != expected.numel() or not torch.equal(
@@ -457,7 +463,9 @@ class OfficialEEMC(nn.Module):
         self.dim_v = int(plm.encoder.channels[-1])
         self.prompt_dim = int(cfg.hidden_dim)
         self.beta = float(beta)
-        self.audio_proj = nn.Sequential(nn.Linear(audio_dim, proj_hidden), nn.ReLU(), nn.Linear(proj_hidden, self.dim_v))
+        self.audio_proj = nn.Sequential(
+            nn.Linear(audio_dim, proj_hidden), nn.ReLU(), nn.Linear(proj_hidden, self.dim_v)
+        )
         self.text_proj = nn.Sequential(nn.Linear(text_dim, proj_hidden), nn.ReLU(), nn.Linear(proj_hidden, self.dim_v))
         self.prompt_proj = nn.Sequential(
             nn.Linear(self.dim_v, proj_hidden), nn.ReLU(), nn.Linear(proj_hidden, self.prompt_dim)
@@ -514,8 +522,7 @@ class OfficialEEMC(nn.Module):
             text_dim = int(sd["text_proj.0.weight"].shape[1])
         except KeyError as exc:
             raise ModelLoadError(
-                f"state dict lacks {exc.args[0]!r}: not a Ref-AVS (EEMC) checkpoint "
-                f"(first keys: {list(sd)[:5]})"
+                f"state dict lacks {exc.args[0]!r}: not a Ref-AVS (EEMC) checkpoint (first keys: {list(sd)[:5]})"
             ) from None
         model = cls(
             config,
@@ -563,7 +570,7 @@ class OfficialEEMC(nn.Module):
             except KeyError:
                 continue
         for (layer, block), index in _named_relative_index(self.reference_tensors()):
-            area = int(round(index.numel() ** 0.5))
+            area = round(index.numel() ** 0.5)
             out[f"{_BACKBONE}encoder.layers.{layer}.blocks.{block}.attention.self.relative_position_index"] = (
                 index.reshape(area, area)
             )
@@ -589,7 +596,9 @@ class OfficialEEMC(nn.Module):
 
     # ---- stage 2: fusion ---------------------------------------------------------------------
 
-    def fuse(self, vis_tokens: Tensor, audio_embeddings: Tensor, text_hidden: Tensor, last_frames: int | None = None) -> Tensor:
+    def fuse(
+        self, vis_tokens: Tensor, audio_embeddings: Tensor, text_hidden: Tensor, last_frames: int | None = None
+    ) -> Tensor:
         """The released audio-visual-text fusion -> prompts for each frame.
 
         Released ``REFAVS_Model_Base.forward`` (``models/avs_model.py``):
@@ -653,7 +662,9 @@ class OfficialEEMC(nn.Module):
 
     # ---- stage 3: decode ---------------------------------------------------------------------
 
-    def decode_queries(self, multi_scale: tuple[Tensor, Tensor, Tensor], mask_features: Tensor, prompts: Tensor) -> tuple[Tensor, Tensor]:
+    def decode_queries(
+        self, multi_scale: tuple[Tensor, Tensor, Tensor], mask_features: Tensor, prompts: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Prompted masked-attention decoder (released ``Mask2FormerTransformerModuleForRefAVS``).
 
         Args:
@@ -706,7 +717,9 @@ class OfficialEEMC(nn.Module):
         class_logits, mask_logits = self.decode_queries(features.multi_scale, features.mask_features, prompts)
         return self.query_weighted_logits(class_logits, mask_logits, output_size)
 
-    def query_weighted_logits(self, class_logits: Tensor, mask_logits: Tensor, output_size: tuple[int, int] = MASK_SIZE) -> Tensor:
+    def query_weighted_logits(
+        self, class_logits: Tensor, mask_logits: Tensor, output_size: tuple[int, int] = MASK_SIZE
+    ) -> Tensor:
         """Released ``post_process_semantic_segmentation`` with ``AVS_BINARY = True``.
 
         Weight of query q = softmax([logit of class 0, logit of the null class])[0]; the map is
@@ -732,7 +745,13 @@ class OfficialEEMC(nn.Module):
 
     # ---- whole clips -------------------------------------------------------------------------
 
-    def forward_batch(self, pixel_values: Tensor, audio_embeddings: Tensor, text_hidden: Tensor, output_size: tuple[int, int] = MASK_SIZE) -> Tensor:
+    def forward_batch(
+        self,
+        pixel_values: Tensor,
+        audio_embeddings: Tensor,
+        text_hidden: Tensor,
+        output_size: tuple[int, int] = MASK_SIZE,
+    ) -> Tensor:
         """Released computation over B clips at once (``mha_mm`` attends across the B clips).
 
         The benchmark evaluates test batches of 4 clips; pass them together to reproduce it.
@@ -758,7 +777,13 @@ class OfficialEEMC(nn.Module):
         prompts = self.fuse(tokens.reshape(b, t, *tokens.shape[1:]), audio_embeddings, text_hidden)
         return self.decode(feats, prompts, output_size).reshape(b, t, *output_size)
 
-    def forward_clip(self, pixel_values: Tensor, audio_embeddings: Tensor, text_hidden: Tensor, output_size: tuple[int, int] = MASK_SIZE) -> Tensor:
+    def forward_clip(
+        self,
+        pixel_values: Tensor,
+        audio_embeddings: Tensor,
+        text_hidden: Tensor,
+        output_size: tuple[int, int] = MASK_SIZE,
+    ) -> Tensor:
         """One clip at batch 1 (deployment): no ground truth input, any device.
 
         Args:

@@ -110,9 +110,8 @@ class ImagePreprocessor:
             images = [images]
         for img in images:
             if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-                raise InputError(
-                    f"images must be uint8 (H, W, 3) RGB, got {getattr(img, 'dtype', type(img))} {getattr(img, 'shape', '')}"
-                )
+                what = f"{getattr(img, 'dtype', type(img).__name__)} {getattr(img, 'shape', '')}"
+                raise InputError(f"images must be uint8 (H, W, 3) RGB, got {what}")
         out = self.processor(images=list(images), return_tensors="pt")
         return out["pixel_values"].to(torch.float32)
 
@@ -138,7 +137,9 @@ class TextEncoder(nn.Module):
         self.max_tokens = int(max_tokens)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", max_tokens: int = TEXT_TOKENS) -> TextEncoder:
+    def from_pretrained(
+        cls, path: str | Path, device: str | torch.device = "cpu", max_tokens: int = TEXT_TOKENS
+    ) -> TextEncoder:
         """Load tokenizer and encoder from a local directory (``distilroberta-base``).
 
         Raises:
@@ -229,7 +230,9 @@ class OfficialComponents:
     device: torch.device
 
 
-def load_official(checkpoint: str | Path, models_dir: str | Path, device: str | torch.device = "cpu") -> OfficialComponents:
+def load_official(
+    checkpoint: str | Path, models_dir: str | Path, device: str | torch.device = "cpu"
+) -> OfficialComponents:
     """Load the released checkpoint and the sub-models from ``models_dir`` (layout above).
 
     Args:

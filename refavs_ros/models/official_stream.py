@@ -91,7 +91,9 @@ class OfficialStreamEngine:
         self.set_window(num_frames)
 
     @classmethod
-    def from_pretrained(cls, checkpoint: str | Path, models_dir: str | Path, device: str = "cpu") -> OfficialStreamEngine:
+    def from_pretrained(
+        cls, checkpoint: str | Path, models_dir: str | Path, device: str = "cpu"
+    ) -> OfficialStreamEngine:
         """Load the released checkpoint and the sub-models (layout: ``official_loaders``).
 
         Args:

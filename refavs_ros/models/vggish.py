@@ -120,9 +120,8 @@ def load_vggish_state_dict(model: VGGish, state_dict: Mapping[str, Tensor]) -> N
     sd: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         for prefix in ("vggish.", "model.", "module."):
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-        if key.startswith("pproc.") or key.startswith("_pca"):
+            key = key.removeprefix(prefix)
+        if key.startswith(("pproc.", "_pca")):
             continue
         sd[key] = value
     own = model.state_dict()

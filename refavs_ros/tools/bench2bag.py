@@ -118,8 +118,14 @@ def bag_name(entry: BenchEntry) -> str:
 
 
 def convert(
-    data_dir: str | Path, out_dir: str | Path, split: str, *, limit: int | None = None,
-    storage: str = "mcap", overwrite: bool = False, progress: bool = False,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    split: str,
+    *,
+    limit: int | None = None,
+    storage: str = "mcap",
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> list[Path]:
     """Convert the rows of ``split`` into bags under ``out_dir/<split>/``.
 
@@ -143,8 +149,9 @@ def convert(
         items = tqdm(entries, desc=split, file=sys.stderr, unit="clip")
     paths = []
     for entry in items:
-        paths.append(bagio.write_scene_bag(bench_scene(bench, entry), root / bag_name(entry), storage,
-                                           overwrite=overwrite))
+        paths.append(
+            bagio.write_scene_bag(bench_scene(bench, entry), root / bag_name(entry), storage, overwrite=overwrite)
+        )
     return paths
 
 
@@ -166,8 +173,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.limit is not None and args.limit < 1:
             raise InputError(f"--limit must be >= 1, got {args.limit}")
-        paths = convert(args.data_dir, args.out_dir, args.split, limit=args.limit, storage=args.storage,
-                        overwrite=args.overwrite, progress=not args.no_progress)
+        paths = convert(
+            args.data_dir,
+            args.out_dir,
+            args.split,
+            limit=args.limit,
+            storage=args.storage,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
     except RefAvsError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

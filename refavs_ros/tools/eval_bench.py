@@ -39,7 +39,7 @@ import torch
 
 from refavs_ros import audio as audio_fe
 from refavs_ros.errors import InputError, RefAvsError
-from refavs_ros.eval.metrics import BENCHMARK_FRAMES_PER_BATCH, MetricAccumulator, benchmark_metrics
+from refavs_ros.eval.metrics import MetricAccumulator, benchmark_metrics
 from refavs_ros.models.official import FrameFeatures, OfficialEEMC, visual_tokens
 from refavs_ros.models.official_loaders import OfficialComponents, load_official
 from refavs_ros.refavs_bench import FRAMES_PER_CLIP, BenchEntry, RefAvsBench
@@ -102,8 +102,9 @@ def stream_clip_logits(model: OfficialEEMC, inputs: ClipInputs, window: int = FR
     for k in range(t):
         lo = max(0, k - window + 1)
         prompts = model.fuse(tokens[None, lo : k + 1], inputs.audio[None, lo : k + 1], inputs.text[None], last_frames=1)
-        frame = FrameFeatures(feats.swin_last[k : k + 1], tuple(x[k : k + 1] for x in feats.multi_scale),
-                              feats.mask_features[k : k + 1])
+        frame = FrameFeatures(
+            feats.swin_last[k : k + 1], tuple(x[k : k + 1] for x in feats.multi_scale), feats.mask_features[k : k + 1]
+        )
         out.append(model.decode(frame, prompts)[0])
     return torch.stack(out)
 
@@ -118,8 +119,12 @@ def _progress(items, enabled: bool, desc: str):
 
 @torch.no_grad()
 def evaluate_benchmark(
-    bench: RefAvsBench, entries: Sequence[BenchEntry], parts: OfficialComponents, *,
-    clips_per_batch: int = BENCHMARK_CLIPS_PER_BATCH, progress: bool = False,
+    bench: RefAvsBench,
+    entries: Sequence[BenchEntry],
+    parts: OfficialComponents,
+    *,
+    clips_per_batch: int = BENCHMARK_CLIPS_PER_BATCH,
+    progress: bool = False,
 ) -> dict:
     """Benchmark-compatible evaluation (released batching of clips and of metrics).
 
@@ -150,8 +155,13 @@ def evaluate_benchmark(
 
 @torch.no_grad()
 def evaluate_per_frame(
-    bench: RefAvsBench, entries: Sequence[BenchEntry], parts: OfficialComponents, *,
-    inference: str = "clip", average: str = "frame", progress: bool = False,
+    bench: RefAvsBench,
+    entries: Sequence[BenchEntry],
+    parts: OfficialComponents,
+    *,
+    inference: str = "clip",
+    average: str = "frame",
+    progress: bool = False,
 ) -> dict:
     """Per-frame evaluation, each clip alone at batch 1.
 
@@ -181,15 +191,30 @@ def evaluate_per_frame(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Evaluate the published Ref-AVS checkpoint on Ref-AVS Bench.")
     p.add_argument("data_dir", metavar="DATA_DIR", help="Ref-AVS Bench root (metadata.csv, media/, gt_mask/)")
-    p.add_argument("--split", required=True, choices=("test_s", "test_u", "test_n", "val"),
-                   help="test_s (seen), test_u (unseen), test_n (null) or val")
+    p.add_argument(
+        "--split",
+        required=True,
+        choices=("test_s", "test_u", "test_n", "val"),
+        help="test_s (seen), test_u (unseen), test_n (null) or val",
+    )
     p.add_argument("--checkpoint", required=True, help="the released ckpt_best_miou.pth")
-    p.add_argument("--models-dir", required=True,
-                   help="directory with mask2former-swin-base-ade-semantic/, distilroberta-base/, vggish/vggish.pth")
-    p.add_argument("--mode", choices=("benchmark", "per-frame"), default="benchmark",
-                   help="benchmark: released batching (default); per-frame: clips alone, per-frame averages")
-    p.add_argument("--inference", choices=("clip", "stream"), default="clip",
-                   help="per-frame mode only: whole clip (default) or causal window 0..k")
+    p.add_argument(
+        "--models-dir",
+        required=True,
+        help="directory with mask2former-swin-base-ade-semantic/, distilroberta-base/, vggish/vggish.pth",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("benchmark", "per-frame"),
+        default="benchmark",
+        help="benchmark: released batching (default); per-frame: clips alone, per-frame averages",
+    )
+    p.add_argument(
+        "--inference",
+        choices=("clip", "stream"),
+        default="clip",
+        help="per-frame mode only: whole clip (default) or causal window 0..k",
+    )
     p.add_argument("--average", choices=("frame", "clip"), default="frame", help="per-frame mode: average over")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows of the split")
@@ -213,8 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.mode == "benchmark":
             metrics = evaluate_benchmark(bench, entries, parts, progress=not args.no_progress)
         else:
-            metrics = evaluate_per_frame(bench, entries, parts, inference=args.inference, average=args.average,
-                                         progress=not args.no_progress)
+            metrics = evaluate_per_frame(
+                bench, entries, parts, inference=args.inference, average=args.average, progress=not args.no_progress
+            )
         seconds = time.perf_counter() - t0
     except RefAvsError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -247,11 +273,15 @@ def _print_summary(result: dict) -> None:
     def fmt(v):
         return "n/a" if v is None else f"{v:.4f}"
 
-    print(f"{PROG}: split {result['split']}, mode {result['mode']} ({result['inference']}), "
-          f"{result['clips']} clips / {result['frames']} frames, {result['seconds_per_clip']:.2f} s per clip")
+    print(
+        f"{PROG}: split {result['split']}, mode {result['mode']} ({result['inference']}), "
+        f"{result['clips']} clips / {result['frames']} frames, {result['seconds_per_clip']:.2f} s per clip"
+    )
     j = m.get("J")
-    print(f"  J = {fmt(j)} ({'n/a' if j is None else f'{100 * j:.2f}'} %)   F = {fmt(m.get('F'))}   "
-          f"S = {fmt(m.get('S'))}   [paper reports {result['reported_in_paper']}]")
+    print(
+        f"  J = {fmt(j)} ({'n/a' if j is None else f'{100 * j:.2f}'} %)   F = {fmt(m.get('F'))}   "
+        f"S = {fmt(m.get('S'))}   [paper reports {result['reported_in_paper']}]"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -272,7 +272,7 @@ def demote_float64(path: str | Path) -> int:
     model = onnx.load(str(path))
     changed = 0
 
-    def demote(tensor: "onnx.TensorProto") -> None:
+    def demote(tensor: onnx.TensorProto) -> None:
         arr = numpy_helper.to_array(tensor).astype(np.float32)
         tensor.CopyFrom(numpy_helper.from_array(arr, tensor.name))
 
@@ -492,7 +492,7 @@ class ExportReport:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ExportReport":
+    def from_dict(cls, data: dict) -> ExportReport:
         """Inverse of :meth:`to_dict`."""
         stages = [StageExport(**s) for s in data["stages"]]
         return cls(**{**data, "stages": stages})

@@ -18,7 +18,12 @@ from refavs_ros.backends.onnx_backend import OnnxRuntimeBackend, create_session
 from refavs_ros.backends.registry import create_backend
 from refavs_ros.backends.tensorrt_backend import engine_file_name
 from refavs_ros.backends.torch_backend import TorchBackend
-from refavs_ros.errors import BackendUnavailableError, ConfigError, InputError, ModelLoadError
+from refavs_ros.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    InputError,
+    ModelLoadError,
+)
 from refavs_ros.export import example_feeds
 from refavs_ros.models.checkpoint import load_eemc
 from refavs_ros.models.eemc_stages import STAGES

@@ -18,7 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from refavs_ros.errors import BackendUnavailableError, ConfigError, InputError, ModelLoadError
+from refavs_ros.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    InputError,
+    ModelLoadError,
+)
 from refavs_ros.export import TEXT_SPEC, cached_export_dir, read_manifest
 from refavs_ros.models.eemc import EEMC
 from refavs_ros.models.eemc_stages import STAGES
@@ -39,7 +44,7 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def session_options(intra_op_threads: int | None = None) -> "ort.SessionOptions":
+def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
     """ONNX Runtime session options used for every stage.
 
     Args:
@@ -100,7 +105,7 @@ def execution_providers(device: str = "cpu") -> list:
 
 def create_session(
     path: str | Path, *, device: str = "cpu", intra_op_threads: int | None = None
-) -> "ort.InferenceSession":
+) -> ort.InferenceSession:
     """Open one ONNX graph with :func:`session_options` and :func:`execution_providers`.
 
     Raises:
@@ -139,7 +144,7 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, sessions: Mapping[str, "ort.InferenceSession"]) -> None:
+    def __init__(self, sessions: Mapping[str, ort.InferenceSession]) -> None:
         self.sessions = dict(sessions)
         self._outputs: dict[str, list[str]] = {}
         self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
@@ -163,7 +168,7 @@ class OnnxRuntimeBackend:
     @classmethod
     def from_dir(
         cls, directory: str | Path, *, device: str = "cpu", intra_op_threads: int | None = None
-    ) -> "OnnxRuntimeBackend":
+    ) -> OnnxRuntimeBackend:
         """Load the stage graphs of an export directory (``<stage>.onnx`` + ``manifest.json``).
 
         Args:
@@ -194,7 +199,7 @@ class OnnxRuntimeBackend:
         *,
         device: str = "cpu",
         intra_op_threads: int | None = None,
-    ) -> "OnnxRuntimeBackend":
+    ) -> OnnxRuntimeBackend:
         """Export ``model``'s stages into the cache (once per weights fingerprint) and load them.
 
         Args:

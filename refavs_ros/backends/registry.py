@@ -56,7 +56,9 @@ def create_backend(
             raise BackendUnavailableError(f"backend 'onnxruntime' is not available: {exc}") from exc
         return OnnxRuntimeBackend.from_model(model, cache_dir=cache_dir, device=device)
     if name == "tensorrt":
-        from refavs_ros.backends.tensorrt_backend import TensorRTBackend  # imports tensorrt lazily
+        from refavs_ros.backends.tensorrt_backend import (
+            TensorRTBackend,  # imports tensorrt lazily
+        )
 
         trt_device = "cuda" if device in ("cpu", "auto") else device
         return TensorRTBackend.from_model(model, cache_dir=cache_dir, precision=precision, device=trt_device)

@@ -34,7 +34,12 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from refavs_ros.errors import BackendUnavailableError, ConfigError, InputError, ModelLoadError
+from refavs_ros.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    InputError,
+    ModelLoadError,
+)
 from refavs_ros.export import cached_export_dir, default_cache_dir, file_sha256
 from refavs_ros.models.eemc import EEMC
 from refavs_ros.models.eemc_stages import STAGES
@@ -291,7 +296,7 @@ class TensorRTBackend:
         *,
         device: str = "cuda",
         workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-    ) -> "TensorRTBackend":
+    ) -> TensorRTBackend:
         """Export the stages to ONNX (cached), build missing engines (cached) and load them.
 
         Args:

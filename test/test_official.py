@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from test_official_helpers import TINY_IMAGE, TINY_TEXT_DIM, randomize_, tiny_m2f_config, tiny_model
-from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
 from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
 )
@@ -101,8 +101,9 @@ def test_key_map_agrees_with_transformers_own_conversion(tmp_path):
 
 def test_full_size_released_names_and_shapes():
     """Names and shapes the released code (transformers 4.30.2, Swin-B, 1024-d fusion) saves."""
-    swin = SwinConfig(image_size=384, embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32],
-                      window_size=12, out_features=["stage1", "stage2", "stage3", "stage4"])
+    # backbone config as the hub's config.json has it (no image_size: SwinConfig's default 224 applies)
+    swin = {"model_type": "swin", "embed_dim": 128, "depths": [2, 2, 18, 2], "num_heads": [4, 8, 16, 32],
+            "window_size": 12, "drop_path_rate": 0.3, "out_features": ["stage1", "stage2", "stage3", "stage4"]}
     with torch.device("meta"):
         net = OfficialEEMC(Mask2FormerConfig(backbone_config=swin, num_labels=150))
     released = net.released_state_dict()

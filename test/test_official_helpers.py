@@ -38,7 +38,9 @@ def tiny_m2f_config(image_size: int = TINY_IMAGE) -> Mask2FormerConfig:
 def tiny_model(seed: int = 0, text_dim: int = TINY_TEXT_DIM) -> OfficialEEMC:
     """A tiny random OfficialEEMC (fusion width 128 = 16 * 8, 8 heads as released)."""
     torch.manual_seed(seed)
-    model = OfficialEEMC(tiny_m2f_config(), audio_dim=128, text_dim=text_dim, proj_hidden=48, num_heads=8)
+    model = OfficialEEMC(
+        tiny_m2f_config(), audio_dim=128, text_dim=text_dim, proj_hidden=48, num_heads=8, image_size=TINY_IMAGE
+    )
     with torch.no_grad():  # make the released extras non-trivial
         tm = model.model_v.model.transformer_module.ref_avs_attn
         tm.beta_source_pool.fill_(0.3)

@@ -44,6 +44,8 @@ from transformers.models.mask2former.modeling_mask2former import (
 
 from refavs_ros.errors import InputError, ModelLoadError
 
+IMAGE_SIZE = (384, 384)
+"""(height, width) in pixels of the released network input (``preprocessor_config.json``)."""
 MASK_SIZE = (256, 256)
 """(height, width) in pixels of the released output logits (``target_sizes=[[256, 256]]``)."""
 TEXT_TOKENS = 25
@@ -436,6 +438,14 @@ class OfficialEEMC(nn.Module):
         num_heads: heads of ``mha_A_T``/``mha_V_T``/``mha_mm`` (8).
         prompt_heads: heads of ``ref_avs_attn`` (4).
         beta: cached-memory beta (1, released).
+        image_size: (height, width) in pixels of the network input, i.e. of the image processor's
+            output (384x384 released; the hub config's Swin ``image_size`` is not used for it).
+
+    Attributes:
+        image_size: as the argument, a tuple.
+        dim_v: fusion width = channels of the last Swin stage (1024).
+        prompt_dim: prompt width = Mask2Former ``hidden_dim`` (256).
+        beta: cached-memory beta in use.
 
     The fusion width equals the last Swin stage's channels (1024 for Swin-B); the prompt width
     equals Mask2Former's ``hidden_dim`` (256).
@@ -451,8 +461,10 @@ class OfficialEEMC(nn.Module):
         num_heads: int = 8,
         prompt_heads: int = 4,
         beta: float = CACHE_MEM_BETA,
+        image_size: int | tuple[int, int] = IMAGE_SIZE,
     ) -> None:
         super().__init__()
+        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.model_v = Mask2FormerForUniversalSegmentation(mask2former_config)
         cfg = self.model_v.config
         plm = self.model_v.model.pixel_level_module
@@ -477,12 +489,6 @@ class OfficialEEMC(nn.Module):
 
     # ---- construction ------------------------------------------------------------------------
 
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(height, width) in pixels of the network input (backbone ``image_size``; 384x384)."""
-        size = self.model_v.config.backbone_config.image_size
-        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
     @classmethod
     def from_state_dict(
         cls,
@@ -492,6 +498,7 @@ class OfficialEEMC(nn.Module):
         num_heads: int = 8,
         prompt_heads: int = 4,
         beta: float = CACHE_MEM_BETA,
+        image_size: int | tuple[int, int] = IMAGE_SIZE,
     ) -> OfficialEEMC:
         """Build the model and load a state dict with the RELEASED key names.
 
@@ -506,6 +513,7 @@ class OfficialEEMC(nn.Module):
             num_heads: heads of the three fusion attentions (8 released; not in the state dict).
             prompt_heads: heads of ``ref_avs_attn`` (4 released).
             beta: cached-memory beta (1 released; not in the state dict).
+            image_size: network input size in pixels (the image processor's; 384 released).
 
         Returns:
             The model in eval mode on CPU, float32.
@@ -532,6 +540,7 @@ class OfficialEEMC(nn.Module):
             num_heads=num_heads,
             prompt_heads=prompt_heads,
             beta=beta,
+            image_size=image_size,
         )
         converted, report = convert_released_state_dict(sd, model.reference_tensors())
         if not report.ok:
@@ -724,7 +733,7 @@ class OfficialEEMC(nn.Module):
 
         Weight of query q = softmax([logit of class 0, logit of the null class])[0]; the map is
         the weighted sum of the per-query mask LOGITS after bilinear upsampling to the network
-        input size (384x384), then bilinearly resized to ``output_size``.
+        input size (x4: 96 -> 384 released), then bilinearly resized to ``output_size``.
 
         Args:
             class_logits: float (N, Q, K + 1).
@@ -735,7 +744,9 @@ class OfficialEEMC(nn.Module):
         Returns:
             float (N, H_out, W_out).
         """
-        masks = F.interpolate(mask_logits, size=self.image_size, mode="bilinear", align_corners=False)
+        # to the network input size: mask logits are at 1/common_stride (96 -> 384 released)
+        stride = float(self.model_v.config.common_stride)
+        masks = F.interpolate(mask_logits, scale_factor=stride, mode="bilinear", align_corners=False)
         pair = torch.stack([class_logits[..., 0], class_logits[..., -1]], dim=-1)  # (N, Q, 2)
         weights = pair.softmax(dim=-1)[..., 0]  # (N, Q)
         seg = torch.einsum("nq,nqhw->nhw", weights, masks).unsqueeze(1)  # (N, 1, H_in, W_in)

@@ -261,7 +261,7 @@ def load_official(
     text = TextEncoder.from_pretrained(root / TEXT_DIR, device=dev)
     vggish = load_vggish(root / VGGISH_FILE, device=dev)
     try:
-        model = OfficialEEMC.from_state_dict(load_checkpoint(checkpoint), config)
+        model = OfficialEEMC.from_state_dict(load_checkpoint(checkpoint), config, image_size=processor.size)
     except ModelLoadError as exc:
         raise ModelLoadError(f"{checkpoint}: {exc}") from None
     if model.text_proj[0].in_features != text.hidden_size:

@@ -12,10 +12,12 @@ binary cross-entropy "null term" on the presence logit (1 = the referred object 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from multiprocessing import get_context
 from typing import Callable, Iterable
 
@@ -39,6 +41,8 @@ class ClipSet:
         images: uint8 (N, T, S, S, 3) network-size RGB frames.
         mels: float16 (N, T, 96, 64) log-mel example per frame.
         masks: uint8 (N, T, S/2, S/2) ground truth at the loss resolution, 0/1.
+        categories: uint8 (N, T, S/4, S/4) category of every pixel (0 = background,
+            1 + index in ``refavs_ros.scenes.CATEGORIES``), for the auxiliary loss.
         present: float32 (N,) 1 when the expression refers to an object, 0 for null.
         expressions: N expression strings.
         kinds: N expression kinds.
@@ -47,6 +51,7 @@ class ClipSet:
     images: np.ndarray
     mels: np.ndarray
     masks: np.ndarray
+    categories: np.ndarray
     present: np.ndarray
     expressions: list[str]
     kinds: list[str]
@@ -54,8 +59,22 @@ class ClipSet:
     def __len__(self) -> int:
         return len(self.expressions)
 
+    def save(self, directory: Path) -> None:
+        """Write the arrays (``.npy``) and the texts (``clips.json``) into ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in ("images", "mels", "masks", "categories", "present"):
+            np.save(directory / f"{name}.npy", getattr(self, name))
+        (directory / "clips.json").write_text(json.dumps({"expressions": self.expressions, "kinds": self.kinds}))
 
-def scene_to_arrays(scene, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    @classmethod
+    def load(cls, directory: Path) -> "ClipSet":
+        """Read a set written by :meth:`save` (arrays memory-mapped)."""
+        texts = json.loads((directory / "clips.json").read_text())
+        arrays = {n: np.load(directory / f"{n}.npy", mmap_mode="r") for n in ("images", "mels", "masks", "categories", "present")}
+        return cls(**arrays, expressions=texts["expressions"], kinds=texts["kinds"])
+
+
+def scene_to_arrays(scene, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Preprocess one scene exactly as the predictor does.
 
     Args:
@@ -63,8 +82,11 @@ def scene_to_arrays(scene, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
         size: network side S (pixels).
 
     Returns:
-        images uint8 (T, S, S, 3), mels float16 (T, 96, 64), masks uint8 (T, S/2, S/2).
+        images uint8 (T, S, S, 3), mels float16 (T, 96, 64), masks uint8 (T, S/2, S/2),
+        categories uint8 (T, S/4, S/4) (0 = background, else 1 + category index).
     """
+    from refavs_ros.scenes import CATEGORIES
+
     from refavs_ros.models.eemc_stream import preprocess_image
 
     images = np.stack([(preprocess_image(f, size).transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8) for f in scene.frames])
@@ -82,7 +104,14 @@ def scene_to_arrays(scene, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     masks = np.stack(
         [(cv2.resize(m.astype(np.float32), (half, half), interpolation=cv2.INTER_AREA) > 0.5) for m in scene.gt_masks]
     ).astype(np.uint8)
-    return images, np.stack(mels).astype(np.float16), masks
+    lut = np.zeros(256, np.uint8)  # instance index (int8, -1 = background) -> category id
+    for j, obj in enumerate(scene.objects):
+        lut[j] = 1 + CATEGORIES.index(obj["category"])
+    quarter = size // 4
+    cats = np.stack(
+        [cv2.resize(lut[m.astype(np.uint8)], (quarter, quarter), interpolation=cv2.INTER_NEAREST) for m in scene.instance_map]
+    )
+    return images, np.stack(mels).astype(np.float16), masks, cats
 
 
 def _make_one(args: tuple) -> tuple:
@@ -90,8 +119,8 @@ def _make_one(args: tuple) -> tuple:
 
     split, index, seed, scene_kw, size = args
     scene = generate_scene(split, index, seed, SceneConfig(**scene_kw))
-    images, mels, masks = scene_to_arrays(scene, size)
-    return images, mels, masks, scene.target is not None, scene.expression, scene.kind
+    images, mels, masks, cats = scene_to_arrays(scene, size)
+    return images, mels, masks, cats, scene.target is not None, scene.expression, scene.kind
 
 
 def build_clips(
@@ -104,8 +133,11 @@ def build_clips(
             rows = list(tqdm(pool.imap(_make_one, jobs, chunksize=8), total=count, desc=f"scenes {split}", disable=not progress))
     else:
         rows = [_make_one(j) for j in tqdm(jobs, desc=f"scenes {split}", disable=not progress)]
-    images, mels, masks, present, exprs, kinds = zip(*rows)
-    return ClipSet(np.stack(images), np.stack(mels), np.stack(masks), np.array(present, np.float32), list(exprs), list(kinds))
+    images, mels, masks, cats, present, exprs, kinds = zip(*rows)
+    return ClipSet(
+        np.stack(images), np.stack(mels), np.stack(masks), np.stack(cats), np.array(present, np.float32),
+        list(exprs), list(kinds),
+    )
 
 
 def encode_expressions(encoder: TextEncoder, expressions: Iterable[str], batch: int = 64) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -127,24 +159,32 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
 
 
-def clip_batch(clips: ClipSet, idx: np.ndarray, text: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    """Tensors of the clips ``idx``: images (B,T,3,S,S) [0,1], mels, masks, text, present."""
-    images = torch.from_numpy(clips.images[idx]).to(device).permute(0, 1, 4, 2, 3).float().div_(255.0)
+def clip_batch(
+    clips: ClipSet, idx: np.ndarray, text: dict, device: torch.device, frames: np.ndarray | None = None
+) -> dict[str, torch.Tensor]:
+    """Tensors of the clips ``idx`` restricted to the frame indices ``frames`` (increasing; None =
+    all): images (B, T, 3, S, S) in [0, 1], mels, masks, categories, text hidden/mask, present."""
+    t = slice(None) if frames is None else frames
+    images = torch.from_numpy(clips.images[idx][:, t]).to(device).permute(0, 1, 4, 2, 3).float().div_(255.0)
     hidden = np.stack([text[clips.expressions[i]][0] for i in idx])
     tmask = np.stack([text[clips.expressions[i]][1] for i in idx])
     return {
         "images": images,
-        "mels": torch.from_numpy(clips.mels[idx].astype(np.float32)).to(device),
-        "masks": torch.from_numpy(clips.masks[idx]).to(device).float(),
+        "mels": torch.from_numpy(clips.mels[idx][:, t].astype(np.float32)).to(device),
+        "masks": torch.from_numpy(clips.masks[idx][:, t]).to(device).float(),
+        "categories": torch.from_numpy(clips.categories[idx][:, t].astype(np.int64)).to(device),
         "hidden": torch.from_numpy(hidden).to(device),
         "tmask": torch.from_numpy(tmask).to(device),
         "present": torch.from_numpy(clips.present[idx]).to(device),
     }
 
 
-def compute_loss(model: EEMC, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-    """BCE + dice on referred masks, BCE null term on presence (see module docstring)."""
-    logits, presence = model(batch["images"], batch["mels"], batch["hidden"], batch["tmask"])
+def compute_loss(
+    model: EEMC, batch: dict[str, torch.Tensor], aux_head: torch.nn.Module | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """BCE + dice on referred masks, BCE null term on presence, and (with ``aux_head``) an
+    auxiliary per-pixel category cross-entropy on the visual encoder's pixel features."""
+    logits, presence, extra = model(batch["images"], batch["mels"], batch["hidden"], batch["tmask"], return_aux=True)
     b, t = logits.shape[:2]
     up = F.interpolate(logits.flatten(0, 1)[:, None], scale_factor=2.0, mode="bilinear", align_corners=False)[:, 0]
     target = batch["masks"].flatten(0, 1)
@@ -153,8 +193,28 @@ def compute_loss(model: EEMC, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
     bce = F.binary_cross_entropy_with_logits(up[keep], target[keep]) if keep.any() else zero
     dice = dice_loss(up[keep], target[keep]) if keep.any() else zero
     null = F.binary_cross_entropy_with_logits(presence, batch["present"][:, None].expand(b, t))
-    loss = bce + dice + null
-    return loss, {"bce": float(bce.detach()), "dice": float(dice.detach()), "null": float(null.detach())}
+    aux = zero
+    if aux_head is not None:
+        aux = F.cross_entropy(aux_head(extra["pixel"].flatten(0, 1)), batch["categories"].flatten(0, 1))
+    coarse = extra["coarse"].flatten(0, 1)  # (BT, G, G) vs the GT area fraction per cell
+    g = coarse.shape[-1]
+    coarse_gt = F.adaptive_avg_pool2d(target[:, None], g)[:, 0]
+    coarse_loss = F.binary_cross_entropy_with_logits(coarse[keep], coarse_gt[keep]) if keep.any() else zero
+    loss = bce + dice + null + AUX_WEIGHT * (aux + coarse_loss)
+    parts = {"bce": bce, "dice": dice, "null": null, "aux": aux, "coarse": coarse_loss}
+    return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+AUX_WEIGHT = 0.5
+"""Weight of the auxiliary losses: per-pixel category (training-only head, not part of the
+model) and the coarse target map (deep supervision of the integrated visual cues)."""
+
+
+def make_aux_head(cfg: EEMCConfig) -> torch.nn.Module:
+    """1x1 conv from pixel features (d) to 1 + number of scene categories (0 = background)."""
+    from refavs_ros.scenes import CATEGORIES
+
+    return torch.nn.Conv2d(cfg.d_model, 1 + len(CATEGORIES), 1)
 
 
 @torch.no_grad()
@@ -210,8 +270,14 @@ def train(
     on_checkpoint: Callable[[int], None] | None = None,
     checkpoint_every: int = 500,
     progress: bool = True,
+    aux: bool = True,
+    frames: int | None = None,
 ) -> list[dict[str, float]]:
     """AdamW with linear warm-up and a cosine decay over the run's progress.
+
+    With ``frames`` set, every step uses that many frames of each clip, a random increasing
+    subset of the clip's frames (so the cached memory still spans the whole clip, at a random
+    stride): more clips per step for the same compute.
 
     Progress is ``max(step / steps, elapsed / max_minutes)``, so a time-limited run still ends
     with a fully decayed learning rate when the machine is slower than planned.
@@ -221,7 +287,9 @@ def train(
     """
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    aux_head = make_aux_head(model.cfg).to(device) if aux else None
+    params = list(model.parameters()) + (list(aux_head.parameters()) if aux_head is not None else [])
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warmup = min(200, steps // 10)
     model.train()
     log: list[dict[str, float]] = []
@@ -237,12 +305,13 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * frac))
         idx = rng.choice(len(clips), size=batch_size, replace=False)
-        loss, parts = compute_loss(model, clip_batch(clips, idx, text, device))
+        sel = None if frames is None else np.sort(rng.choice(clips.images.shape[1], size=frames, replace=False))
+        loss, parts = compute_loss(model, clip_batch(clips, idx, text, device, sel), aux_head)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        for k, v in {"loss": float(loss), **parts}.items():
+        for k, v in {"loss": float(loss.detach()), **parts}.items():
             running[k] += v
         if (step + 1) % 50 == 0:
             entry = {k: v / 50 for k, v in running.items()} | {"step": step + 1, "minutes": (time.monotonic() - start) / 60}

@@ -16,6 +16,10 @@ Pipeline per frame tau (shapes for one frame, N = batch * time):
     Modality encoding + multimodal integration transformer (Sec. 4.4, Eq. 4):
         Q_m = MF([Q_A; [aud]; Q_V; [vis]; Q_T])       (N, 1 + 1 + G*G + 1 + L, d)
     CATF (Eq. 5): mask queries q (N_q, d) cross-attend Q_m  -> q_Q
+    Cue-prompted pixel embedding (our addition): the G*G integrated visual cues of Q_m, upsampled
+        to S/4 and projected, are added to the pixel features, giving the decoder a direct
+        spatial path from the expression to the pixels; a linear head on them predicts a coarse
+        G x G target map whose upsampled logits are added to the mask logits.
     Mask decoder: q_Q attends the pixel features; per-query masks = MLP(q_Q) . pixel embedding;
         one referred mask = sum_q softmax(score_q) mask_q  (N, S/4, S/4)  [logits]
     Null reference: presence logit from the score-weighted query  (N,)
@@ -237,6 +241,8 @@ class EEMC(nn.Module):
         self.queries = nn.Parameter(torch.zeros(1, cfg.num_queries, d))
         nn.init.trunc_normal_(self.queries, std=0.02)
         self.catf = nn.ModuleList(CrossAttentionLayer(d, h, ffn) for _ in range(cfg.num_layers))
+        self.cue_to_pixel = nn.Conv2d(d, d, 1)
+        self.coarse_head = nn.Linear(d, 1)
         self.pixel_attn = CrossAttentionLayer(d, h, ffn)
         self.mask_embed = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
         self.query_score = nn.Linear(d, 1)
@@ -294,6 +300,9 @@ class EEMC(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Cached memory (Eq. 2), modality encoding, integration (Eq. 4), CATF (Eq. 5), masks.
 
+        The final logits are the query masks plus a coarse G x G target map predicted from the
+        integrated visual cues, upsampled (see :meth:`decode_with_coarse`).
+
         Args:
             fused_audio: F^_A(tau) (N, 1, d).
             fused_visual: F^_V(tau) (N, G*G, d).
@@ -307,6 +316,23 @@ class EEMC(nn.Module):
         Returns:
             mask logits (N, S/4, S/4) and presence logit (N,) (null reference when negative).
         """
+        logits, presence, _ = self.decode_with_coarse(
+            fused_audio, fused_visual, text_cue, text_mask, memory_audio, memory_visual, beta, pixel_features
+        )
+        return logits, presence
+
+    def decode_with_coarse(
+        self,
+        fused_audio: Tensor,
+        fused_visual: Tensor,
+        text_cue: Tensor,
+        text_mask: Tensor,
+        memory_audio: Tensor,
+        memory_visual: Tensor,
+        beta: Tensor,
+        pixel_features: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`decode` that also returns the coarse target-map logits (N, G, G) (deep supervision)."""
         qa = (1.0 + beta) * fused_audio - beta * memory_audio  # Q_A, Eq. 2
         qv = (1.0 + beta) * fused_visual - beta * memory_visual  # Q_V, Eq. 2
         n = qa.shape[0]
@@ -321,13 +347,25 @@ class EEMC(nn.Module):
         q = self.queries.expand(n, -1, -1)  # (N, N_q, d)
         for layer in self.catf:
             q = layer(q, cues, bias)  # q_Q, Eq. 5
+        # the integrated visual cues (one per token-grid cell) also prompt the pixel embedding:
+        # upsampled to S/4 and added, so the decoder sees where the expression points
+        g = self.cfg.token_grid
+        start = 2 if self.cfg.modality_tokens else 1
+        grid = cues[:, start : start + g * g].transpose(1, 2).reshape(n, -1, g, g)  # (N, d, G, G)
+        size = pixel_features.shape[-2:]
+        pixel_features = pixel_features + self.cue_to_pixel(
+            F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+        )  # (N, d, S/4, S/4)
         pix = F.avg_pool2d(pixel_features, 2).flatten(2).transpose(1, 2)  # (N, (S/8)^2, d)
         q = self.pixel_attn(q, pix)
         masks = torch.einsum("nqd,ndhw->nqhw", self.mask_embed(q), pixel_features)  # (N, N_q, h, w)
         weights = self.query_score(q).softmax(dim=1)  # (N, N_q, 1)
-        logits = (weights[..., None] * masks).sum(dim=1)  # (N, h, w)
+        coarse = self.coarse_head(grid.flatten(2).transpose(1, 2)).reshape(n, g, g)  # (N, G, G)
+        logits = (weights[..., None] * masks).sum(dim=1) + F.interpolate(
+            coarse[:, None], size=size, mode="bilinear", align_corners=False
+        )[:, 0]  # (N, h, w)
         presence = self.presence((weights * q).sum(dim=1)).squeeze(-1)  # (N,)
-        return logits, presence
+        return logits, presence, coarse
 
     # ----------------------------------------------------------------------- batch (clip) path
     def forward(
@@ -338,7 +376,8 @@ class EEMC(nn.Module):
         text_mask: Tensor,
         beta: float | None = None,
         window: int | None = None,
-    ) -> tuple[Tensor, Tensor]:
+        return_aux: bool = False,
+    ) -> tuple[Tensor, ...]:
         """Clip forward: every frame of a clip, each frame seeing only itself and earlier ones.
 
         Args:
@@ -349,9 +388,12 @@ class EEMC(nn.Module):
             beta: Eq. 2 sensitivity; None = ``cfg.beta``.
             window: cached-memory window W in frames (C averages the last W earlier frames);
                 None = from the beginning of the clip (paper Eq. 3).
+            return_aux: also return a dict with the visual encoder's pixel features
+                ``pixel`` (B, T, d, S/4, S/4) and the coarse target-map logits ``coarse``
+                (B, T, G, G), for auxiliary training losses.
 
         Returns:
-            mask logits (B, T, S/4, S/4) and presence logits (B, T).
+            mask logits (B, T, S/4, S/4) and presence logits (B, T) [, aux dict].
         """
         b, t = pixel_values.shape[:2]
         tokens, pixel = self.encode_visual(pixel_values.flatten(0, 1))  # (BT, G*G, d), (BT, d, h, w)
@@ -362,8 +404,11 @@ class EEMC(nn.Module):
         mem_a = causal_memory(fa.unflatten(0, (b, t)), window).flatten(0, 1)
         mem_v = causal_memory(fv.unflatten(0, (b, t)), window).flatten(0, 1)
         beta_t = torch.tensor([self.cfg.beta if beta is None else beta], dtype=fa.dtype, device=fa.device)
-        logits, presence = self.decode(fa, fv, tcue, tm, mem_a, mem_v, beta_t, pixel)
-        return logits.unflatten(0, (b, t)), presence.unflatten(0, (b, t))
+        logits, presence, coarse = self.decode_with_coarse(fa, fv, tcue, tm, mem_a, mem_v, beta_t, pixel)
+        out = (logits.unflatten(0, (b, t)), presence.unflatten(0, (b, t)))
+        if return_aux:
+            return out + ({"pixel": pixel.unflatten(0, (b, t)), "coarse": coarse.unflatten(0, (b, t))},)
+        return out
 
 
 def causal_memory(features: Tensor, window: int | None = None) -> Tensor:

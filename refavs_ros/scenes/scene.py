@@ -35,6 +35,8 @@ class Scene:
         sample_rate: audio rate (Hz).
         meta: JSON-serialisable extras (index, seed, fps, duration, media, background, noise
             level, cue: what the expression asks for).
+        instance_map: int8 (T, H, W): index into ``objects`` of the object visible at each
+            pixel, -1 for background (training supervision; not written to bags).
     """
 
     scene_id: str
@@ -51,6 +53,7 @@ class Scene:
     variant: str = ""
     sample_rate: int = 16000
     meta: dict = field(default_factory=dict)
+    instance_map: np.ndarray | None = None
 
     def info(self) -> dict:
         """JSON-serialisable summary (no arrays).
@@ -140,7 +143,8 @@ def render_plan(plan: ScenePlan, config: SceneConfig) -> Scene:
     return Scene(scene_id=plan.scene_id, split=plan.split, kind=plan.kind, expression=plan.expression,
                  frames=frames, frame_stamps_ns=stamps.astype(np.int64), audio=audio,
                  audio_start_ns=int(config.start_ns), gt_masks=gt, target=plan.target, objects=objects,
-                 variant=plan.variant, sample_rate=int(config.sample_rate), meta=meta)
+                 variant=plan.variant, sample_rate=int(config.sample_rate), meta=meta,
+                 instance_map=owner)
 
 
 def generate_scene(split: str, index: int, seed: int = 0, config: SceneConfig = SceneConfig()) -> Scene:

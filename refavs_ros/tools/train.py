@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-count", type=int, default=300, help="validation scenes to generate")
     p.add_argument("--seed", type=int, default=0, help="seed of data generation and initialisation")
     p.add_argument("--steps", type=int, default=3000, help="optimisation steps")
-    p.add_argument("--batch-size", type=int, default=8, help="clips per step")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per step")
+    p.add_argument("--frames-per-clip", type=int, default=4,
+                   help="frames of each clip used per step (random increasing subset); 0 = all")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
     p.add_argument("--max-minutes", type=float, default=30.0, help="stop training after this many minutes")
     p.add_argument("--checkpoint-dir", type=Path, default=None, help="write intermediate checkpoints here")
@@ -39,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=8.0, help="training scene length (s)")
     p.add_argument("--width", type=int, default=320, help="training scene width (pixels)")
     p.add_argument("--height", type=int, default=240, help="training scene height (pixels)")
+    p.add_argument("--data-cache", type=Path, default=None,
+                   help="directory to save the preprocessed clips to, or reuse them from when present")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -63,8 +67,17 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = EEMCConfig.profile_named(args.profile)
     scene_kw = dict(width=args.width, height=args.height, fps=args.fps, duration_sec=args.duration)
     t0 = time.monotonic()
-    train_set = training.build_clips("train", args.train_count, args.seed, cfg.image_size, scene_kw, args.workers, not args.quiet)
-    val_set = training.build_clips("val", args.val_count, args.seed, cfg.image_size, scene_kw, args.workers, not args.quiet)
+    sets = {}
+    for split, count in (("train", args.train_count), ("val", args.val_count)):
+        key = f"v2-{split}-{count}-{args.seed}-{cfg.image_size}-" + "-".join(f"{v}" for v in scene_kw.values())
+        cached = args.data_cache / key if args.data_cache is not None else None
+        if cached is not None and (cached / "clips.json").is_file():
+            sets[split] = training.ClipSet.load(cached)
+        else:
+            sets[split] = training.build_clips(split, count, args.seed, cfg.image_size, scene_kw, args.workers, not args.quiet)
+            if cached is not None:
+                sets[split].save(cached)
+    train_set, val_set = sets["train"], sets["val"]
     encoder = TextEncoder.from_pretrained(cfg.text_model, cfg.max_text_tokens)
     text = training.encode_expressions(encoder, train_set.expressions + val_set.expressions)
     data_minutes = (time.monotonic() - t0) / 60
@@ -81,6 +94,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     log = training.train(
         model, train_set, text, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         max_minutes=budget, on_checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, progress=not args.quiet,
+        frames=args.frames_per_clip or None,
     )
     total = (time.monotonic() - t0) / 60
     val = training.evaluate_clips(model, val_set, text)

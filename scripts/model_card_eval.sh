@@ -6,14 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 weights="${1:-models/refavs_tiny.safetensors}"
 out="${2:-runs/model_card}"
-bin="${REFAVS_BIN:-.venv/bin}"
+py="${REFAVS_PYTHON:-.venv/bin/python}"
 seed=2026
 mkdir -p "$out/bags"
 for split in test-seen:150 test-unseen:150 test-null:60; do
   name="${split%%:*}"; count="${split##*:}"
-  [ -d "$out/bags/$name" ] || "$bin/refavs-scenes" "$out/bags/$name" --split "$name" --count "$count" --seed "$seed"
+  [ -d "$out/bags/$name" ] || "$py" -m refavs_ros.tools.scenes_cli "$out/bags/$name" --split "$name" --count "$count" --seed "$seed"
 done
-"$bin/refavs-replay" "$out/bags" --weights "$weights" --no-progress --metrics-json "$out/full.json"
-"$bin/refavs-replay" "$out/bags" --weights "$weights" --no-progress --zero-audio --metrics-json "$out/zero_audio.json"
-"$bin/refavs-replay" "$out/bags" --weights "$weights" --no-progress --beta 0 --metrics-json "$out/no_memory.json"
+"$py" -m refavs_ros.tools.replay "$out/bags" --weights "$weights" --no-progress --metrics-json "$out/full.json"
+"$py" -m refavs_ros.tools.replay "$out/bags" --weights "$weights" --no-progress --zero-audio --metrics-json "$out/zero_audio.json"
+"$py" -m refavs_ros.tools.replay "$out/bags" --weights "$weights" --no-progress --beta 0 --metrics-json "$out/no_memory.json"
 echo "metrics written to $out/{full,zero_audio,no_memory}.json"

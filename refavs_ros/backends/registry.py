@@ -23,6 +23,7 @@ def create_backend(
     device: str = "cpu",
     cache_dir: str | Path | None = None,
     precision: str = "fp16",
+    threads: int | None = None,
 ) -> StageBackend:
     """Build the backend ``name`` for ``model``.
 
@@ -35,6 +36,8 @@ def create_backend(
         cache_dir: root of the ONNX / TensorRT engine cache; None =
             :func:`refavs_ros.export.default_cache_dir`.
         precision: TensorRT precision ``"fp16"`` or ``"fp32"`` (ignored by the other backends).
+        threads: CPU threads per operator for onnxruntime (None = every core); the torch
+            backend uses the process-wide ``torch.set_num_threads`` (see ``from_pretrained``).
 
     Raises:
         ConfigError: unknown backend name or bad device/precision.
@@ -54,7 +57,7 @@ def create_backend(
             from refavs_ros.backends.onnx_backend import OnnxRuntimeBackend
         except ImportError as exc:  # onnxruntime missing or broken
             raise BackendUnavailableError(f"backend 'onnxruntime' is not available: {exc}") from exc
-        return OnnxRuntimeBackend.from_model(model, cache_dir=cache_dir, device=device)
+        return OnnxRuntimeBackend.from_model(model, cache_dir=cache_dir, device=device, intra_op_threads=threads)
     if name == "tensorrt":
         from refavs_ros.backends.tensorrt_backend import (
             TensorRTBackend,  # imports tensorrt lazily

@@ -514,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference backend (default torch)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--num-frames", type=int, default=None, help="cached-memory window in frames (default: model config)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU inference threads (default 1: steadiest latency next to other processes; 0 = all cores)")
     p.add_argument("--zero-audio", action="store_true", help="ablation: the model hears silence instead of the audio")
     p.add_argument("--beta", type=float, default=None,
                    help="cached-memory sensitivity (paper Eq. 2); 0 = cached memory off (ablation); default: model's")
@@ -535,7 +537,7 @@ def build_predictor(args: argparse.Namespace) -> Predictor:
     config = PredictorConfig(**overrides)
     return StreamingPredictor.from_pretrained(
         args.weights, config=config, model=args.model, backend=args.backend, device=args.device,
-        models_dir=args.models_dir,
+        models_dir=args.models_dir, threads=args.threads or None,
     )
 
 

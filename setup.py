@@ -64,7 +64,6 @@ setup(
             "refavs-scenes = refavs_ros.tools.scenes_cli:main",
             "refavs-train = refavs_ros.tools.train:main",
             "refavs-replay = refavs_ros.tools.replay:main",
-            "refavs-demo = refavs_ros.tools.demo:main",
             "refavs-eval-bench = refavs_ros.tools.eval_bench:main",
             "refavs-bench2bag = refavs_ros.tools.bench2bag:main",
             "refavs-export = refavs_ros.tools.export:main",

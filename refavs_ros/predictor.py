@@ -58,7 +58,8 @@ class PredictorConfig:
             more than this many seconds before the frame stamp (s, >= 0); missing audio is
             silence.
         beta: cached-memory sensitivity override (paper Eq. 2); None = the model's value;
-            0 disables the cached memory (ablation).
+            for EEMC 0 disables the cached memory (ablation); the official engine keeps the
+            released formula ``(1 + beta) x - mean``, so 0 there leaves ``x - mean``.
         zero_audio: feed silence instead of the audio (ablation).
     """
 
@@ -217,7 +218,8 @@ class StreamingPredictor:
                 or, for ``model="official"``, the released ``ckpt_best_miou.pth``.
             config: run-time settings.
             model: ``"eemc"`` (paper model, tiny/base profiles) or ``"official"`` (released EEMC).
-            backend: ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``.
+            backend: ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"`` (EEMC; the official model
+                runs on PyTorch whatever this says).
             device: torch device for the torch backend / the text encoder.
             models_dir: for ``model="official"``: directory with the Mask2Former, DistilRoBERTa and
                 VGGish sub-models; for EEMC: optional directory of a non-bundled text encoder.

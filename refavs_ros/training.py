@@ -91,15 +91,11 @@ def scene_to_arrays(scene, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
     images = np.stack([(preprocess_image(f, size).transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8) for f in scene.frames])
     wave = scene.audio.astype(np.float32) / 32768.0
-    mels = []
-    for stamp in scene.frame_stamps_ns:
-        end = (int(stamp) - int(scene.audio_start_ns)) // (1_000_000_000 // audio.SAMPLE_RATE)
-        lo = end - audio.EXAMPLE_SAMPLES
-        window = np.zeros(audio.EXAMPLE_SAMPLES, np.float32)
-        a, b = max(lo, 0), min(end, wave.size)
-        if b > a:
-            window[a - lo : b - lo] = wave[a:b]
-        mels.append(audio.log_mel_spectrogram(window))
+    ns_per_sample = 1_000_000_000 // audio.SAMPLE_RATE
+    mels = [
+        audio.example_ending_at(wave[: max(0, (int(stamp) - int(scene.audio_start_ns)) // ns_per_sample)])
+        for stamp in scene.frame_stamps_ns
+    ]
     half = size // 2
     masks = np.stack(
         [(cv2.resize(m.astype(np.float32), (half, half), interpolation=cv2.INTER_AREA) > 0.5) for m in scene.gt_masks]
@@ -223,14 +219,16 @@ def evaluate_clips(
 ) -> dict[str, dict[str, float]]:
     """Quick per-frame J / S by expression kind at the loss resolution (validation during training).
 
-    J: IoU of ``sigmoid > 0.4`` gated by presence > 0.5 (empty-GT frames: TN / all); S for null
-    clips: sqrt(fraction of predicted pixels). Returns {kind: {"J": ..., "S": ..., "n": clips}}.
+    Per frame, with :mod:`refavs_ros.eval.metrics`: J of ``sigmoid(logits)`` gated by presence
+    > 0.5 (empty GT: TN / all); S of null clips. Returns {kind: {"J": ..., "S": ..., "n": clips}}.
     """
+    from refavs_ros.eval import metrics
+
     model.eval()
     device = next(model.parameters()).device
     per_kind: dict[str, list[float]] = defaultdict(list)
     s_vals: dict[str, list[float]] = defaultdict(list)
-    silence = audio.log_mel_spectrogram(np.zeros(audio.EXAMPLE_SAMPLES, np.float32))
+    silence = audio.example_ending_at(np.zeros(0, np.float32))
     for start in range(0, len(clips), batch_size):
         idx = np.arange(start, min(start + batch_size, len(clips)))
         batch = clip_batch(clips, idx, text, device)
@@ -238,18 +236,15 @@ def evaluate_clips(
             batch["mels"][:] = torch.from_numpy(silence)
         logits, presence = model(batch["images"], batch["mels"], batch["hidden"], batch["tmask"], beta=beta)
         up = F.interpolate(logits.flatten(0, 1)[:, None], scale_factor=2.0, mode="bilinear", align_corners=False)
-        pred = (up[:, 0].sigmoid() > 0.4) & (presence.flatten().sigmoid() > 0.5)[:, None, None]
-        gt = batch["masks"].flatten(0, 1) > 0.5
-        inter = (pred & gt).flatten(1).sum(1).float()
-        union = (pred | gt).flatten(1).sum(1).float()
-        tn = (~pred & ~gt).flatten(1).sum(1).float()
-        iou = torch.where(gt.flatten(1).any(1), inter / union.clamp(min=1), tn / gt[0].numel())
+        gate = (presence.flatten().sigmoid() > 0.5).float()[:, None, None]
+        prob = (up[:, 0].sigmoid() * gate).numpy()  # (BT, S/2, S/2)
+        gt = batch["masks"].flatten(0, 1).numpy() > 0.5
         t = logits.shape[1]
         for k, i in enumerate(idx):
-            kind = clips.kinds[i]
-            per_kind[kind].append(float(iou[k * t : (k + 1) * t].mean()))
+            frames = range(k * t, (k + 1) * t)
+            per_kind[clips.kinds[i]].append(float(np.mean([metrics.jaccard(prob[f], gt[f]) for f in frames])))
             if clips.present[i] < 0.5:
-                s_vals[kind].append(math.sqrt(float(pred[k * t : (k + 1) * t].float().mean())))
+                s_vals[clips.kinds[i]].append(float(np.mean([metrics.s_score(prob[f]) for f in frames])))
     model.train()
     return {
         k: {"J": float(np.mean(v)), "S": float(np.mean(s_vals[k])) if s_vals[k] else float("nan"), "n": len(v)}

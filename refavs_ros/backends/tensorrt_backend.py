@@ -207,8 +207,9 @@ class TRTStage:
         trt = import_tensorrt()
         self.device = require_cuda(str(device))
         self.path = Path(engine_path)
-        logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(logger)
+        # the logger and runtime are kept for the engine's lifetime
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
         with torch.cuda.device(self.device):
             self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
             if self.engine is None:

@@ -131,7 +131,10 @@ def load_model(profile: str, weights: Path | None):
 
     if profile == "tiny" and weights is not None and weights.is_file():
         model, _ = load_eemc(weights)
-        return model, str(weights)
+        try:
+            return model, str(weights.resolve().relative_to(ROOT))
+        except ValueError:
+            return model, str(weights)
     torch.manual_seed(0)
     return EEMC(EEMCConfig.profile_named(profile)).eval(), "random"
 
@@ -439,6 +442,63 @@ def print_tables(res: dict) -> None:
                   f"tracemalloc peak (steady loop) {m['tracemalloc_peak_mib']:5.2f} MiB")
 
 
+def markdown(res: dict) -> str:
+    """The results as Markdown tables (the body of bench/RESULTS.md)."""
+    dev, ver = res["device"], res["versions"]
+    out = [
+        f"* Device: {dev['cpu']}, {dev['cores']} cores (`/proc/cpuinfo`); date {res['date']}",
+        (f"* torch {ver['torch']} ({dev['torch_threads']} intra-op threads), onnxruntime {ver['onnxruntime']} "
+         f"({dev['onnxruntime_threads']} intra-op threads, spinning off), Python {ver['python']}"),
+        (f"* 1-min load average {dev['loadavg_start'][0]:.2f} at start, {dev['loadavg_end'][0]:.2f} at end "
+         "(the machine is shared with other jobs)"),
+        f"* Command: `{res['command']}`",
+        "",
+        "### 1. Per-frame latency",
+        "",
+        "| profile | backend | engine p50 ms | p95 ms | FPS | predictor p50 ms | p95 ms | FPS | stage p50 ms (visual / audio / fuse / decode) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for prof, lat in res["latency"].items():
+        for b, r in lat["backends"].items():
+            e, p, st = r["engine"], r["predictor"], r["stage_p50_ms"]
+            stages = " / ".join(f"{st.get(k, float('nan')):.2f}" for k in ("visual", "audio", "fuse", "decode"))
+            out.append(f"| {prof} | {b} | {e['p50_ms']:.2f} | {e['p95_ms']:.2f} | {e['fps']:.1f} | {p['p50_ms']:.2f} | "
+                       f"{p['p95_ms']:.2f} | {p['fps']:.1f} | {stages} |")
+    out.append("")
+    for prof, lat in res["latency"].items():
+        if "speedup_onnxruntime_vs_torch" in lat:
+            sp = lat["speedup_onnxruntime_vs_torch"]
+            out.append(f"* {prof}: onnxruntime / torch speed-up (p50): engine **{sp['engine']:.2f}x**, "
+                       f"predictor **{sp['predictor']:.2f}x** ({lat['weights']} weights)")
+    if res.get("streaming"):
+        st = res["streaming"]
+        bs = list(st["streaming_ms"])
+        out += ["", f"### 2. Per-new-frame cost vs cached-memory window ({st['profile']}, p50 ms)", "",
+                "| window W | " + " | ".join(f"streaming, {b}" for b in bs) + " | re-run EEMC.forward over W frames (torch) |",
+                "|---|" + "---|" * (len(bs) + 1)]
+        for w in st["windows"]:
+            out.append(f"| {w} | " + " | ".join(f"{st['streaming_ms'][b][str(w)]['p50_ms']:.2f}" for b in bs)
+                       + f" | {st['rerun_window_ms'][str(w)]['p50_ms']:.2f} |")
+        out += ["", "* streaming cost at W = 40 / W = 5: "
+                + ", ".join(f"{b} **{v:.3f}**" for b, v in st["flatness_ratio"].items())]
+    if res.get("text"):
+        out += ["", "### 3. Text encoder: once per command vs every frame", "",
+                "| profile | backend | one encode ms | frame ms, text once per command | frame ms, text every frame | slow-down |",
+                "|---|---|---|---|---|---|"]
+        for prof, t in res["text"].items():
+            for b, r in t.items():
+                out.append(f"| {prof} | {b} | {r['text_encode_ms']:.2f} | {r['per_frame_ms_text_once']:.2f} | "
+                           f"{r['per_frame_ms_text_every_frame']:.2f} | {r['slowdown_if_every_frame']:.2f}x |")
+    if res.get("memory"):
+        out += ["", "### 4. Memory (one process per row)", "",
+                "| profile/backend | peak RSS MiB | steady RSS MiB | + backend MiB | + text encoder MiB | tracemalloc peak in the loop MiB |",
+                "|---|---|---|---|---|---|"]
+        for key, m in res["memory"].items():
+            out.append(f"| {key} | {m['peak_rss_mib']:.1f} | {m['steady_rss_mib']:.1f} | {m['backend_rss_mib']:.1f} | "
+                       f"{m['text_rss_mib']:.1f} | {m['tracemalloc_peak_mib']:.2f} |")
+    return "\n".join(out) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m bench.run_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--profiles", nargs="+", default=["tiny", "base"], choices=["tiny", "base"])
@@ -456,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-idle", type=float, default=0.0,
                    help="wait up to this many seconds for the 1-min load average to fall below 0.5 before starting")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--markdown", type=Path, default=None, help="write the tables as Markdown here")
+    p.add_argument("--render", type=Path, default=None, help="only print the Markdown tables of an earlier --json file")
     p.add_argument("--worker", nargs=2, metavar=("PROFILE", "BACKEND"), help=argparse.SUPPRESS)
     p.add_argument("--cache", type=Path, default=None, help=argparse.SUPPRESS)
     return p
@@ -468,6 +530,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from refavs_ros.backends.onnx_backend import available_cores
 
+    if args.render is not None:
+        print(markdown(json.loads(args.render.read_text())), end="")
+        return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.worker:
@@ -514,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=2))
         print(f"\nwrote {args.json}")
+    if args.markdown is not None:
+        args.markdown.write_text(markdown(res))
+        print(f"wrote {args.markdown}")
     return 0
 
 

@@ -13,7 +13,7 @@ Sections (all on the device the backends use; CPU here):
    ``encode_audio`` (audio stage) + ``step`` (fuse + cached memory + decode), i.e. the model;
    ``predictor`` = ``StreamingPredictor.push_audio/push_image/step``, i.e. also the VGGish
    log-mel front end, resizing the logits to 640x480, thresholds and bbox.
-   The backends are measured in ALTERNATING BLOCKS (4 rounds of frames/4 frames per backend,
+   The backends are measured in ALTERNATING BLOCKS (``--rounds`` blocks per backend,
    ``--warmup`` unmeasured frames after every switch) in one process, so load drifts from other
    processes hit both alike, while one runtime's idle threads do not disturb the other
    (interleaving frame by frame did: libgomp's and onnxruntime's spinning worker threads then
@@ -110,6 +110,8 @@ def make_text_dir(profile: str, cfg, tmp: Path) -> str:
     from refavs_ros.models.text import bundled_minilm_dir
 
     directory = tmp / f"text_{profile}"
+    if (directory / "config.json").is_file():  # made earlier in this run
+        return str(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(bundled_minilm_dir() / name, directory / name)
@@ -355,44 +357,44 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def worker_memory(profile: str, backend: str, frames_n: int, weights, cache: Path, threads: int | None) -> dict:
+def worker_memory(profile: str, backend: str, frames_n: int, weights, cache: Path, threads: int | None,
+                  text_dir: str) -> dict:
     """Section 4 worker (run in its own process): RSS and tracemalloc figures for one config.
 
     ``backend_rss_mib`` = RSS growth while the backend is built (weights copy, ONNX sessions);
-    the text encoder is loaded afterwards (``text_rss_mib``).
+    the text encoder is loaded afterwards (``text_rss_mib``). ``text_dir`` was written by the
+    parent process, so building the random base text model does not count here.
     """
     from refavs_ros import audio
     from refavs_ros.backends.registry import create_backend
     from refavs_ros.models.eemc_stream import EEMCStreamEngine
     from refavs_ros.models.text import TextEncoder
 
-    with tempfile.TemporaryDirectory() as tmp:
-        rss0 = current_rss_mib()
-        model, _ = load_model(profile, weights)
-        text_dir = make_text_dir(profile, model.cfg, Path(tmp))
-        before = current_rss_mib()
-        if backend == "onnxruntime" and threads is not None:
-            from refavs_ros.backends.onnx_backend import OnnxRuntimeBackend
+    rss0 = current_rss_mib()
+    model, _ = load_model(profile, weights)
+    before = current_rss_mib()
+    if backend == "onnxruntime" and threads is not None:
+        from refavs_ros.backends.onnx_backend import OnnxRuntimeBackend
 
-            inner = OnnxRuntimeBackend.from_model(model, cache_dir=cache, intra_op_threads=threads)
-        else:
-            inner = create_backend(backend, model, cache_dir=cache)
-        after_backend = current_rss_mib()
-        text = TextEncoder.from_pretrained(text_dir, model.cfg.max_text_tokens)
-        after_text = current_rss_mib()
-        engine = EEMCStreamEngine(inner, text, model.cfg, num_frames=10)
-        engine.set_command("the dog that is barking on the left")
-        frames, _ = synthetic_inputs(8)
-        mel = audio.log_mel_spectrogram(np.zeros(audio.EXAMPLE_SAMPLES, np.float32) + 0.01)
-        for i in range(5):
-            engine.step(engine.encode_frame(frames[i % 8]), engine.encode_audio(mel), commit=True)
-        tracemalloc.start()
-        for i in range(frames_n):
-            engine.step(engine.encode_frame(frames[i % 8]), engine.encode_audio(mel), commit=True)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        steady = current_rss_mib()
-        peak_rss = peak_rss_mib()
+        inner = OnnxRuntimeBackend.from_model(model, cache_dir=cache, intra_op_threads=threads)
+    else:
+        inner = create_backend(backend, model, cache_dir=cache)
+    after_backend = current_rss_mib()
+    text = TextEncoder.from_pretrained(text_dir, model.cfg.max_text_tokens)
+    after_text = current_rss_mib()
+    engine = EEMCStreamEngine(inner, text, model.cfg, num_frames=10)
+    engine.set_command("the dog that is barking on the left")
+    frames, _ = synthetic_inputs(8)
+    mel = audio.log_mel_spectrogram(np.zeros(audio.EXAMPLE_SAMPLES, np.float32) + 0.01)
+    for i in range(5):
+        engine.step(engine.encode_frame(frames[i % 8]), engine.encode_audio(mel), commit=True)
+    tracemalloc.start()
+    for i in range(frames_n):
+        engine.step(engine.encode_frame(frames[i % 8]), engine.encode_audio(mel), commit=True)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    steady = current_rss_mib()
+    peak_rss = peak_rss_mib()
     return {
         "peak_rss_mib": peak_rss,
         "rss_after_imports_mib": rss0,
@@ -481,6 +483,11 @@ def markdown(res: dict) -> str:
                        + f" | {st['rerun_window_ms'][str(w)]['p50_ms']:.2f} |")
         out += ["", "* streaming cost at W = 40 / W = 5: "
                 + ", ".join(f"{b} **{v:.3f}**" for b, v in st["flatness_ratio"].items())]
+        if "torch" in bs and "onnxruntime" in bs:
+            ratios = [st["streaming_ms"]["torch"][str(w)]["p50_ms"] / st["streaming_ms"]["onnxruntime"][str(w)]["p50_ms"]
+                      for w in st["windows"]]
+            out.append(f"* onnxruntime / torch speed-up on back-to-back engine frames (this table): "
+                       f"{min(ratios):.2f}x to {max(ratios):.2f}x over the windows")
     if res.get("text"):
         out += ["", "### 3. Text encoder: once per command vs every frame", "",
                 "| profile | backend | one encode ms | frame ms, text once per command | frame ms, text every frame | slow-down |",
@@ -505,8 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"], choices=["torch", "onnxruntime"])
     p.add_argument("--frames", type=int, default=100, help="measured frames per (profile, backend) for tiny")
     p.add_argument("--base-frames", type=int, default=40, help="measured frames for the base profile")
-    p.add_argument("--warmup", type=int, default=5, help="unmeasured frames at the start of every block")
+    p.add_argument("--warmup", type=int, default=3, help="unmeasured frames at the start of every block")
     p.add_argument("--windows", nargs="+", type=int, default=[5, 10, 20, 40])
+    p.add_argument("--rounds", type=int, default=6,
+                   help="alternating rounds over backends (latency) and over windows x backends (streaming)")
     p.add_argument("--stream-frames", type=int, default=90, help="measured new frames per (window, backend)")
     p.add_argument("--weights", type=Path, default=ROOT / "models" / "refavs_tiny.safetensors",
                    help="tiny weights (random when missing)")
@@ -520,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render", type=Path, default=None, help="only print the Markdown tables of an earlier --json file")
     p.add_argument("--worker", nargs=2, metavar=("PROFILE", "BACKEND"), help=argparse.SUPPRESS)
     p.add_argument("--cache", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--text-dir", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -536,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.worker:
-        print(json.dumps(worker_memory(args.worker[0], args.worker[1], 30, args.weights, args.cache, args.threads)))
+        print(json.dumps(worker_memory(args.worker[0], args.worker[1], 30, args.weights, args.cache, args.threads,
+                                       args.text_dir)))
         return 0
     deadline = time.monotonic() + args.wait_idle
     while os.getloadavg()[0] >= 0.5 and time.monotonic() < deadline:
@@ -556,10 +567,12 @@ def main(argv: list[str] | None = None) -> int:
         for prof in args.profiles:
             n = args.frames if prof == "tiny" else args.base_frames
             print(f"[latency] {prof} ...", flush=True)
-            res["latency"][prof] = bench_latency(prof, args.backends, n, args.warmup, args.weights, cache, tmp, args.threads)
+            res["latency"][prof] = bench_latency(prof, args.backends, n, args.warmup, args.weights, cache, tmp, args.threads,
+                                                 rounds=min(args.rounds, n))
         print("[streaming] tiny ...", flush=True)
         res["streaming"] = {"profile": "tiny", **bench_streaming("tiny", args.windows, args.stream_frames, args.weights,
-                                                                 cache, tmp, args.backends, args.threads)}
+                                                                 cache, tmp, args.backends, args.threads,
+                                                                 rounds=args.rounds)}
         for prof in args.profiles:
             print(f"[text] {prof} ...", flush=True)
             res["text"][prof] = bench_text(prof, args.backends, args.weights, cache, tmp, res["latency"][prof])
@@ -567,8 +580,9 @@ def main(argv: list[str] | None = None) -> int:
             for prof in args.profiles:
                 for b in args.backends:
                     print(f"[memory] {prof} {b} ...", flush=True)
+                    text_dir = make_text_dir(prof, load_model(prof, args.weights)[0].cfg, tmp)
                     cmd = [sys.executable, "-m", "bench.run_bench", "--worker", prof, b, "--cache", str(cache),
-                           "--weights", str(args.weights)]
+                           "--weights", str(args.weights), "--text-dir", text_dir]
                     if args.threads is not None:
                         cmd += ["--threads", str(args.threads)]
                     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)

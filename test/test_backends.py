@@ -166,6 +166,16 @@ def test_registry_rejects_unknown_names(model):
         create_backend("onnxruntime", model, device="tpu")
 
 
+def test_registry_passes_threads_and_spinning_defaults(model, cache):
+    one = create_backend("onnxruntime", model, cache_dir=cache, threads=1)
+    for session in one.sessions.values():
+        opts = session.get_session_options()
+        assert opts.intra_op_num_threads == 1
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(ConfigError, match="intra_op_threads"):
+        create_backend("onnxruntime", model, cache_dir=cache, threads=0)
+
+
 def test_backend_modules_import_without_tensorrt():
     code = (
         "import sys; import refavs_ros.backends.registry, refavs_ros.backends.onnx_backend, "

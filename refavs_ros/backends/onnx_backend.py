@@ -121,10 +121,9 @@ def create_session(
     providers = execution_providers(device)
     if not Path(path).is_file():
         raise ModelLoadError(f"ONNX file not found: {path}")
+    opts = session_options(intra_op_threads, allow_spinning=allow_spinning)  # ConfigError stays a ConfigError
     try:
-        session = ort.InferenceSession(
-            str(path), session_options(intra_op_threads, allow_spinning=allow_spinning), providers=providers
-        )
+        session = ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as exc:  # onnxruntime raises pybind exception types without a common base
         raise ModelLoadError(f"onnxruntime cannot load {path}: {exc}") from exc
     wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]

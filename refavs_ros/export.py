@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from refavs_ros.errors import ConfigError, ModelLoadError
 from refavs_ros.models.config import EEMCConfig
-from refavs_ros.models.eemc import EEMC, Attention
+from refavs_ros.models.eemc import EEMC
 from refavs_ros.models.eemc_stages import STAGES, StageModule, StageSpec
 
 OPSET = 17
@@ -168,12 +168,6 @@ def default_cache_dir() -> Path:
 
 
 # ------------------------------------------------------------------------------------ export
-def _bias_to_query_dtype(module: nn.Module, args: tuple) -> tuple | None:
-    if len(args) == 3 and args[2] is not None and args[2].dtype != args[0].dtype:
-        return (args[0], args[1], args[2].to(args[0].dtype))
-    return None
-
-
 class HalfStage(nn.Module):
     """A stage with float16 weights and arithmetic but float32 inputs and outputs.
 
@@ -188,11 +182,6 @@ class HalfStage(nn.Module):
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = copy.deepcopy(module).half()
-        # EEMC builds its additive attention bias in float32 (eemc._key_bias); cast it to the
-        # attention's dtype so every matmul stays float16
-        for sub in self.module.modules():
-            if isinstance(sub, Attention):
-                sub.register_forward_pre_hook(_bias_to_query_dtype)
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         outs = self.module(*(x.half() for x in inputs))

@@ -209,9 +209,11 @@ class CrossAttentionLayer(nn.Module):
 def _key_bias(valid: Tensor, prefix: int) -> Tensor:
     """Additive attention bias over [prefix always-valid tokens ; text tokens].
 
-    valid: text mask (N, L) float or bool, 1 = real token. Returns (N, 1, 1, prefix + L).
+    valid: text mask (N, L) float or bool, 1 = real token. Returns (N, 1, 1, prefix + L) in the
+    mask's floating dtype (float32 for a bool mask), so float16 graphs stay float16.
     """
-    keep = torch.cat([torch.ones_like(valid[:, :1]).expand(-1, prefix), valid], dim=1).to(torch.float32)
+    dtype = valid.dtype if valid.is_floating_point() else torch.float32
+    keep = torch.cat([torch.ones_like(valid[:, :1]).expand(-1, prefix), valid], dim=1).to(dtype)
     return ((1.0 - keep) * -1e4)[:, None, None, :]
 
 

@@ -21,7 +21,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     # The .msg texts in msg/ also ship inside the Python package as ``refavs_ros/_msg`` (package
-    # data of a data-only subpackage mapped onto msg/), so refavs_ros.msgs finds them after a
+    # data of a data-only subpackage mapped onto msg/), so refavs_ros.rosio.msgs finds them after a
     # plain ``pip install .``; a source checkout / editable install reads msg/ directly.
     packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]) + [f"{PACKAGE}._msg"],
     package_dir={f"{PACKAGE}._msg": "msg"},

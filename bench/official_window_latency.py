@@ -36,11 +36,13 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from transformers import Mask2FormerConfig, RobertaConfig, RobertaModel, SwinConfig
-from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
+from transformers.models.mask2former.image_processing_pil_mask2former import (
+    Mask2FormerImageProcessorPil,
+)
 
+from refavs_ros.engines.official import OfficialStreamEngine
 from refavs_ros.models.official import OfficialEEMC, visual_tokens
 from refavs_ros.models.official_loaders import ImagePreprocessor, TextEncoder
-from refavs_ros.models.official_stream import OfficialStreamEngine
 from refavs_ros.models.vggish import VGGish
 
 WINDOW = 10

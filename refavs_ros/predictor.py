@@ -11,7 +11,7 @@ Usage::
 
 * ``stamp_ns``: int nanoseconds (ROS ``header.stamp`` as ``sec * 10**9 + nanosec``); for audio
   the stamp of the chunk's FIRST sample.
-* ``image``: numpy uint8 (H, W, 3) RGB, any size (``refavs_ros.conversions`` gets it from a
+* ``image``: numpy uint8 (H, W, 3) RGB, any size (``refavs_ros.rosio.conversions`` gets it from a
   ``sensor_msgs/Image``).
 * ``samples``: numpy (N,) or (N, C), int16/int32/uint8/float32, any rate; resampled to 16 kHz
   mono on push.
@@ -37,8 +37,8 @@ import numpy as np
 
 from refavs_ros import audio
 from refavs_ros.backends.registry import create_backend
+from refavs_ros.engines.base import StreamEngine
 from refavs_ros.errors import ConfigError, InputError
-from refavs_ros.models.streaming import StreamEngine
 from refavs_ros.models.text import check_command
 from refavs_ros.resources import default_weights_path
 
@@ -178,7 +178,7 @@ class AudioRing:
 
 
 class StreamingPredictor:
-    """Streaming Ref-AVS predictor over a :class:`refavs_ros.models.streaming.StreamEngine`.
+    """Streaming Ref-AVS predictor over a :class:`refavs_ros.engines.base.StreamEngine`.
 
     Args:
         engine: the model side (EEMC or the official model).
@@ -244,7 +244,7 @@ class StreamingPredictor:
 
             torch.set_num_threads(int(threads))
         if model == "official":
-            from refavs_ros.models.official_stream import OfficialStreamEngine
+            from refavs_ros.engines.official import OfficialStreamEngine
 
             if weights is None or models_dir is None:
                 raise ConfigError("model 'official' needs weights (ckpt_best_miou.pth) and models_dir")
@@ -253,8 +253,8 @@ class StreamingPredictor:
             return cls(engine, config)
         if model != "eemc":
             raise ConfigError(f"unknown model {model!r}; expected 'eemc' or 'official'")
+        from refavs_ros.engines.eemc import EEMCStreamEngine
         from refavs_ros.models.checkpoint import load_eemc
-        from refavs_ros.models.eemc_stream import EEMCStreamEngine
         from refavs_ros.models.text import TextEncoder
 
         path = Path(weights) if weights is not None else default_weights_path()

@@ -17,8 +17,8 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Callable, Iterable
 
 import cv2
@@ -85,9 +85,8 @@ def scene_to_arrays(scene, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
         images uint8 (T, S, S, 3), mels float16 (T, 96, 64), masks uint8 (T, S/2, S/2),
         categories uint8 (T, S/4, S/4) (0 = background, else 1 + category index).
     """
+    from refavs_ros.engines.eemc import preprocess_image
     from refavs_ros.scenes import CATEGORIES
-
-    from refavs_ros.models.eemc_stream import preprocess_image
 
     images = np.stack([(preprocess_image(f, size).transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8) for f in scene.frames])
     wave = scene.audio.astype(np.float32) / 32768.0

@@ -18,16 +18,16 @@ from refavs_ros.backends.onnx_backend import OnnxRuntimeBackend, create_session
 from refavs_ros.backends.registry import create_backend
 from refavs_ros.backends.tensorrt_backend import engine_file_name
 from refavs_ros.backends.torch_backend import TorchBackend
+from refavs_ros.engines.eemc import EEMCStreamEngine
 from refavs_ros.errors import (
     BackendUnavailableError,
     ConfigError,
     InputError,
     ModelLoadError,
 )
-from refavs_ros.export import example_feeds
+from refavs_ros.export.eemc import example_feeds
 from refavs_ros.models.checkpoint import load_eemc
 from refavs_ros.models.eemc_stages import STAGES
-from refavs_ros.models.eemc_stream import EEMCStreamEngine
 from refavs_ros.models.text import TextEncoder
 from refavs_ros.predictor import PredictorConfig, StreamingPredictor
 

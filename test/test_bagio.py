@@ -1,4 +1,4 @@
-"""Tests of refavs_ros.msgs (type store) and refavs_ros.bagio (scene bags, stamp-ordered reading)."""
+"""Tests of refavs_ros.rosio.msgs (type store) and refavs_ros.rosio.bagio (scene bags, stamp-ordered reading)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from refavs_ros import bagio, conversions, msgs
 from refavs_ros.errors import BagError, ConfigError, InputError
+from refavs_ros.rosio import bagio, conversions, msgs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_unknown_variant_and_type_raise_config_error():
 
 
 def test_msg_texts_found_after_non_editable_wheel_install(tmp_path):
-    """Build a wheel of the repository and import refavs_ros.msgs from the unpacked wheel only."""
+    """Build a wheel of the repository and import refavs_ros.rosio.msgs from the unpacked wheel only."""
     src = tmp_path / "src"
     src.mkdir()
     for name in ("setup.py", "setup.cfg", "refavs_ros", "msg", "resource", "package.xml"):
@@ -101,7 +101,7 @@ def test_msg_texts_found_after_non_editable_wheel_install(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (
-        "from refavs_ros import msgs; import sys; "
+        "from refavs_ros.rosio import msgs; import sys; "
         "print(msgs.msg_dir()); print(len(msgs.typestore().types)); "
         "print(msgs.AUDIO_STAMPED in msgs.typestore().types)"
     )

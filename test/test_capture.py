@@ -1,4 +1,4 @@
-"""Tests of refavs_ros.capture (microphone core of audio_capture_node), without a microphone.
+"""Tests of refavs_ros.node.capture (microphone core of audio_capture_node), without a microphone.
 
 A fake sounddevice module stands in for PortAudio so the callback path (stamping, int16
 conversion, re-chunking, queueing) and the device errors are exercised here; one test imports
@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from refavs_ros.capture import (
+from refavs_ros.errors import BackendUnavailableError, ConfigError
+from refavs_ros.node.capture import (
     MAX_ADC_AGE_SEC,
     MicrophoneCapture,
     Rechunker,
@@ -21,7 +22,6 @@ from refavs_ros.capture import (
     select_input_device,
     to_int16,
 )
-from refavs_ros.errors import BackendUnavailableError, ConfigError
 
 DEVICES = [
     {"name": "HDMI out", "max_input_channels": 0},

@@ -1,4 +1,4 @@
-"""Round-trip and error tests of refavs_ros.conversions (images, audio, stamps, detections)."""
+"""Round-trip and error tests of refavs_ros.rosio.conversions (images, audio, stamps, detections)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from refavs_ros import conversions as conv
-from refavs_ros import msgs
 from refavs_ros.errors import InputError
+from refavs_ros.rosio import conversions as conv
+from refavs_ros.rosio import msgs
 
 RNG = np.random.default_rng(1234)
 STORE = msgs.typestore()

@@ -12,20 +12,21 @@ import pytest
 import torch
 
 from refavs_ros.errors import ModelLoadError
-from refavs_ros.export import (
+from refavs_ros.export.cache import (
     MANIFEST,
-    TEXT_STAGE,
     cached_export_dir,
     check_tolerance,
+    model_fingerprint,
+    read_manifest,
+)
+from refavs_ros.export.eemc import (
+    TEXT_STAGE,
     example_feeds,
     export_eemc,
     export_stage,
-    max_abs_errors,
-    model_fingerprint,
-    onnx_session,
-    read_manifest,
     stage_shapes,
 )
+from refavs_ros.export.onnx_utils import max_abs_errors, onnx_session
 from refavs_ros.models.checkpoint import load_eemc
 from refavs_ros.models.eemc_stages import STAGES, StageModule
 from refavs_ros.models.text import TextEncoder
@@ -195,7 +196,7 @@ def _has_float64(path) -> bool:
 def test_official_stages_export_and_match_pytorch(tiny_text_dir, tmp_path):
     from test_official_helpers import tiny_model, tiny_vggish
 
-    from refavs_ros.export import OFFICIAL_STAGES, export_official
+    from refavs_ros.export.official import OFFICIAL_STAGES, export_official
 
     net = tiny_model()
     report = export_official(net, tmp_path, window=3, vggish=tiny_vggish(), text_model_dir=tiny_text_dir)

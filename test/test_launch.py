@@ -21,7 +21,10 @@ _audio_msgs = pytest.importorskip("audio_common_msgs.msg", reason="audio_common_
 if not hasattr(_audio_msgs, "AudioStamped"):
     pytest.skip("audio_common_msgs lacks AudioStamped (ros-drivers variant)", allow_module_level=True)
 
-from ament_index_python.packages import PackageNotFoundError, get_package_share_directory  # noqa: E402
+from ament_index_python.packages import (  # noqa: E402
+    PackageNotFoundError,
+    get_package_share_directory,
+)
 
 try:
     SHARE = get_package_share_directory("refavs_ros")
@@ -31,7 +34,6 @@ if not os.path.isfile(os.path.join(SHARE, "models", "refavs_tiny.safetensors")):
     pytest.skip("the shipped weights share/refavs_ros/models/refavs_tiny.safetensors are missing",
                 allow_module_level=True)
 
-import launch  # noqa: E402
 import launch_testing  # noqa: E402
 import launch_testing.actions  # noqa: E402
 import launch_testing.asserts  # noqa: E402
@@ -41,7 +43,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # 
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from refavs_ros import conversions  # noqa: E402
+import launch  # noqa: E402
+from refavs_ros.rosio import conversions  # noqa: E402
 
 NAMESPACE = "refavs_launch_test"
 STAMP_NS = 1_234_000_000_000

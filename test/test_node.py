@@ -43,8 +43,8 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from vision_msgs.msg import Detection2DArray  # noqa: E402
 
-from refavs_ros import conversions  # noqa: E402
 from refavs_ros.ros.node import RefAvsNode  # noqa: E402
+from refavs_ros.rosio import conversions  # noqa: E402
 
 FACTORY = conversions.ClassFactory.importing()
 HEIGHT, WIDTH = 48, 64

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from refavs_ros import bagio, conversions, msgs
 from refavs_ros.predictor import PredictorConfig, StreamingPredictor
 from refavs_ros.resources import default_weights_path
+from refavs_ros.rosio import bagio, conversions, msgs
 from refavs_ros.scenes import SceneConfig, generate_scene
 from refavs_ros.tools import replay
 

@@ -16,7 +16,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from test_official_helpers import TINY_IMAGE, TINY_TEXT_DIM, randomize_, tiny_m2f_config, tiny_model
+from test_official_helpers import (
+    TINY_IMAGE,
+    TINY_TEXT_DIM,
+    randomize_,
+    tiny_m2f_config,
+    tiny_model,
+)
 from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
 from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from refavs_ros import bagio, conversions, msgs
 from refavs_ros.errors import BagError, InputError
 from refavs_ros.eval import metrics as M
+from refavs_ros.rosio import bagio, conversions, msgs
 from refavs_ros.tools import replay as R
 
 START = 1_700_000_000 * 10**9

@@ -21,9 +21,10 @@ from refavs_ros.scenes import (
     generate_scene,
     held_out_pairs_in,
     kind_for,
+    media,
     plan_scene,
+    planner,
 )
-from refavs_ros.scenes import media, planner
 from refavs_ros.scenes.catalog import CATEGORY_BY_NAME
 from refavs_ros.scenes.render import object_sprite
 
@@ -397,7 +398,7 @@ def test_auto_media_use_real_photos_and_recordings():
 def test_cli_writes_readable_bags(tmp_path, storage, capsys):
     from rosbags.highlevel import AnyReader
 
-    from refavs_ros import msgs
+    from refavs_ros.rosio import msgs
     from refavs_ros.tools.scenes_cli import main
 
     out = tmp_path / "bags"

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from refavs_ros import audio, training
+from refavs_ros.engines.eemc import preprocess_image
 from refavs_ros.models.checkpoint import load_eemc
-from refavs_ros.models.eemc_stream import preprocess_image
 from refavs_ros.models.text import TextEncoder
 from refavs_ros.scenes import CATEGORIES, SceneConfig, generate_scene
 

@@ -1,6 +1,6 @@
 """ONNX Runtime backend: the EEMC stages as ONNX graphs run by onnxruntime (CPU or CUDA EP).
 
-The graphs come from :func:`refavs_ros.export.cached_export_dir`: exported once per model
+The graphs come from :func:`refavs_ros.export.cache.cached_export_dir`: exported once per model
 (keyed by the weights fingerprint) into a cache directory and loaded from there on every later
 start. Sessions use every available core for intra-op parallelism and all graph
 optimisations (``ORT_ENABLE_ALL``: constant folding, node fusions such as Conv+BN+ReLU,
@@ -24,7 +24,8 @@ from refavs_ros.errors import (
     InputError,
     ModelLoadError,
 )
-from refavs_ros.export import TEXT_SPEC, cached_export_dir, read_manifest
+from refavs_ros.export.cache import cached_export_dir, read_manifest
+from refavs_ros.export.eemc import TEXT_SPEC
 from refavs_ros.models.eemc import EEMC
 from refavs_ros.models.eemc_stages import STAGES
 from refavs_ros.models.text import check_command
@@ -142,7 +143,7 @@ class OnnxRuntimeBackend:
     Args:
         sessions: one ``onnxruntime.InferenceSession`` per stage of :data:`STAGES`, whose graph
             has the stage's named inputs and outputs (as written by
-            :func:`refavs_ros.export.export_eemc`).
+            :func:`refavs_ros.export.eemc.export_eemc`).
 
     Raises:
         ModelLoadError: a stage is missing or a graph's input/output names differ from
@@ -184,7 +185,7 @@ class OnnxRuntimeBackend:
         """Load the stage graphs of an export directory (``<stage>.onnx`` + ``manifest.json``).
 
         Args:
-            directory: written by :func:`refavs_ros.export.export_eemc` or ``refavs-export``.
+            directory: written by :func:`refavs_ros.export.eemc.export_eemc` or ``refavs-export``.
             device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (see :func:`execution_providers`).
             intra_op_threads: threads per operator; None = every available core.
             allow_spinning: see :func:`session_options` (off by default).
@@ -221,7 +222,7 @@ class OnnxRuntimeBackend:
 
         Args:
             model: EEMC model (any device; it is exported from a CPU copy).
-            cache_dir: cache root; None = :func:`refavs_ros.export.default_cache_dir`. The
+            cache_dir: cache root; None = :func:`refavs_ros.export.cache.default_cache_dir`. The
                 graphs live in ``<cache_dir>/onnx/eemc-<profile>-<fingerprint[:16]>/``.
             device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto``.
             intra_op_threads: threads per operator; None = every available core.
@@ -267,7 +268,7 @@ class OnnxTextEncoder:
     :class:`refavs_ros.models.text.TextEncoder`.
 
     Args:
-        onnx_path: graph written by :func:`refavs_ros.export.export_text`
+        onnx_path: graph written by :func:`refavs_ros.export.eemc.export_text`
             (``input_ids``, ``attention_mask`` int64 (1, L) -> ``text_hidden`` float32 (1, L, D)).
         tokenizer_dir: local Hugging Face directory holding the tokenizer files.
         device: see :func:`execution_providers`.

@@ -34,7 +34,7 @@ def create_backend(
             the torch device; onnxruntime: CPU or CUDA execution provider; tensorrt: must be a
             CUDA device (``"cpu"`` is taken as ``"cuda"`` there, since TensorRT only runs on GPUs).
         cache_dir: root of the ONNX / TensorRT engine cache; None =
-            :func:`refavs_ros.export.default_cache_dir`.
+            :func:`refavs_ros.export.cache.default_cache_dir`.
         precision: TensorRT precision ``"fp16"`` or ``"fp32"`` (ignored by the other backends).
         threads: CPU threads per operator for onnxruntime (None = every core); the torch
             backend uses the process-wide ``torch.set_num_threads`` (see ``from_pretrained``).

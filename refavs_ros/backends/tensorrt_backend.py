@@ -12,7 +12,7 @@ Precision:
 * ``"fp16"`` (default): with TensorRT 10.x, the float32 graph with ``BuilderFlag.FP16``
   (TensorRT picks per layer); with TensorRT >= 11, where that flag is gone and networks are
   strongly typed, a graph exported with float16 weights/arithmetic and float32 I/O
-  (``refavs_ros.export.HalfStage``) built with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``.
+  (``refavs_ros.export.onnx_utils.HalfStage``) built with ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``.
 
 Run: :class:`TRTStage` wraps one engine as a callable with the stage's named inputs/outputs
 (in the manner of torch2trt's ``TRTModule``), using PyTorch CUDA tensors as device buffers and
@@ -40,7 +40,7 @@ from refavs_ros.errors import (
     InputError,
     ModelLoadError,
 )
-from refavs_ros.export import cached_export_dir, default_cache_dir, file_sha256
+from refavs_ros.export.cache import cached_export_dir, default_cache_dir, file_sha256
 from refavs_ros.models.eemc import EEMC
 from refavs_ros.models.eemc_stages import STAGES
 
@@ -302,7 +302,7 @@ class TensorRTBackend:
 
         Args:
             model: EEMC model.
-            cache_dir: cache root; None = :func:`refavs_ros.export.default_cache_dir`. ONNX files
+            cache_dir: cache root; None = :func:`refavs_ros.export.cache.default_cache_dir`. ONNX files
                 go to ``<cache_dir>/onnx/...``, engines to ``<cache_dir>/tensorrt/``.
             precision: ``"fp16"`` (default) or ``"fp32"``.
             device: ``"cuda"``, ``"cuda:N"`` or ``"auto"``.

@@ -86,7 +86,9 @@ class ImagePreprocessor:
         Raises:
             ModelLoadError: directory or file missing or unreadable.
         """
-        from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
+        from transformers.models.mask2former.image_processing_pil_mask2former import (
+            Mask2FormerImageProcessorPil,
+        )
 
         path = _require_dir(Path(path), "Mask2Former image processor", ("preprocessor_config.json",))
         try:

@@ -1,9 +1,9 @@
 """``audio_capture_node``: microphone -> ``audio_common_msgs/AudioStamped`` (mgonzs13 layout).
 
-Thin rclpy adapter over :class:`refavs_ros.capture.MicrophoneCapture` (sounddevice / PortAudio).
+Thin rclpy adapter over :class:`refavs_ros.node.capture.MicrophoneCapture` (sounddevice / PortAudio).
 Each message holds one chunk of int16 samples (``info.format`` = paInt16 = 8, interleaved
 channels) and is stamped with the ROS-clock time of the chunk's FIRST sample, derived from
-PortAudio's ADC timestamp (see :mod:`refavs_ros.capture` for the derivation and the fallback).
+PortAudio's ADC timestamp (see :mod:`refavs_ros.node.capture` for the derivation and the fallback).
 QoS: sensor data (best effort, depth 10), like mgonzs13/audio_common's capturer.
 
 Parameters (read at start): ``device`` (str: "" = default input, an index, or a name
@@ -22,10 +22,10 @@ from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 
-from refavs_ros import conversions
-from refavs_ros.capture import MicrophoneCapture, load_sounddevice
 from refavs_ros.errors import RefAvsError
-from refavs_ros.node_logic import import_audio_class
+from refavs_ros.node.capture import MicrophoneCapture, load_sounddevice
+from refavs_ros.node.params import import_audio_class
+from refavs_ros.rosio import conversions
 
 NODE_NAME = "audio_capture_node"
 PUBLISH_PERIOD_SEC = 0.005

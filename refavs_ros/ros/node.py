@@ -1,14 +1,14 @@
 """``refavs_node``: rclpy lifecycle adapter over :class:`refavs_ros.predictor.StreamingPredictor`.
 
-Thin by design: every decision that does not need rclpy lives in :mod:`refavs_ros.node_logic`
+Thin by design: every decision that does not need rclpy lives in :mod:`refavs_ros.node.params`
 (parameter schema and policy, latest-frame input buffer, command timeout, diagnostics content),
-:mod:`refavs_ros.conversions` (messages <-> numpy) and :mod:`refavs_ros.overlay`. This module
+:mod:`refavs_ros.rosio.conversions` (messages <-> numpy) and :mod:`refavs_ros.overlay`. This module
 maps them onto ROS entities; the interface is specified in ``docs/ros.md`` and every rclpy API
 used here is listed, with the public source it was checked against, in
 ``docs/ros_api_checklist.md``.
 
 Threads (MultiThreadedExecutor): subscription callbacks run in a reentrant group and only hand
-messages to :class:`~refavs_ros.node_logic.InputBuffer`; the inference timer and the
+messages to :class:`~refavs_ros.node.params.InputBuffer`; the inference timer and the
 ``enable`` / ``reset_memory`` services share a mutually exclusive group, so the predictor is only
 touched by one thread at a time; lifecycle and parameter services use the default group. The
 inference timer always takes the LATEST image, so latency does not grow when the camera is faster
@@ -25,13 +25,24 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_policy_name_from_kind
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_policy_name_from_kind,
+)
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
@@ -42,9 +53,8 @@ try:  # Iron and later (Jazzy)
 except ImportError:  # Humble
     from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
 
-from refavs_ros import conversions
 from refavs_ros.errors import ConfigError, InputError, RefAvsError
-from refavs_ros.node_logic import (
+from refavs_ros.node.params import (
     ACTIVE_COMMAND_QOS,
     COMMAND_QOS,
     DIAGNOSTICS_QOS,
@@ -62,6 +72,7 @@ from refavs_ros.node_logic import (
 )
 from refavs_ros.overlay import render_overlay
 from refavs_ros.predictor import StreamingPredictor
+from refavs_ros.rosio import conversions
 
 NODE_NAME = "refavs_node"
 DIAGNOSTICS_PERIOD_SEC = 1.0
@@ -71,7 +82,7 @@ LOG_THROTTLE_SEC = 5.0
 
 
 def to_qos_profile(spec: QosSpec) -> QoSProfile:
-    """Map a :class:`~refavs_ros.node_logic.QosSpec` to an rclpy ``QoSProfile`` (KEEP_LAST)."""
+    """Map a :class:`~refavs_ros.node.params.QosSpec` to an rclpy ``QoSProfile`` (KEEP_LAST)."""
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST,
         depth=spec.depth,

@@ -26,7 +26,13 @@ from refavs_ros.scenes.catalog import (
     held_out_pairs_in,
 )
 from refavs_ros.scenes.config import SceneConfig
-from refavs_ros.scenes.planner import ObjectPlan, ScenePlan, kind_for, plan_scene, scene_id
+from refavs_ros.scenes.planner import (
+    ObjectPlan,
+    ScenePlan,
+    kind_for,
+    plan_scene,
+    scene_id,
+)
 from refavs_ros.scenes.scene import Scene, generate_scene, render_plan
 
 __all__ = [

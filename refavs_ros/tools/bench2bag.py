@@ -6,7 +6,7 @@ Example::
     refavs-replay bags/test_s --model official --weights ckpt_best_miou.pth --models-dir /data/refavs_models
 
 One bag per row of the split, at ``OUT_DIR/<split>/<index:05d>_<uid>``, with the topics of
-:func:`refavs_ros.bagio.write_scene_bag`: ``/camera/image_raw`` (rgb8 at the stored frame size),
+:func:`refavs_ros.rosio.bagio.write_scene_bag`: ``/camera/image_raw`` (rgb8 at the stored frame size),
 ``/audio`` (``AudioStamped``, int16, 16 kHz mono, 512-sample chunks), ``/refavs/command`` (the
 expression), ``/refavs/gt_mask`` (mono8 0/255 at the frame size, same header as the frame) and
 ``/refavs/scene_info`` (JSON: ``split``, ``kind``, ``expression``, ``uid``, ``vid``, ``fid``, ...).
@@ -29,10 +29,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from refavs_ros import bagio
 from refavs_ros.audio import to_mono_16k
 from refavs_ros.errors import InputError, RefAvsError
-from refavs_ros.refavs_bench import FRAMES_PER_CLIP, SPLITS, BenchEntry, RefAvsBench
+from refavs_ros.eval.dataset import FRAMES_PER_CLIP, SPLITS, BenchEntry, RefAvsBench
+from refavs_ros.rosio import bagio
 
 PROG = "refavs-bench2bag"
 START_NS = 1_000_000_000

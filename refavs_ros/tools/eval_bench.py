@@ -39,10 +39,10 @@ import torch
 
 from refavs_ros import audio as audio_fe
 from refavs_ros.errors import InputError, RefAvsError
+from refavs_ros.eval.dataset import FRAMES_PER_CLIP, BenchEntry, RefAvsBench
 from refavs_ros.eval.metrics import MetricAccumulator, benchmark_metrics
 from refavs_ros.models.official import FrameFeatures, OfficialEEMC, visual_tokens
 from refavs_ros.models.official_loaders import OfficialComponents, load_official
-from refavs_ros.refavs_bench import FRAMES_PER_CLIP, BenchEntry, RefAvsBench
 
 PROG = "refavs-eval-bench"
 BENCHMARK_CLIPS_PER_BATCH = 4

@@ -89,7 +89,7 @@ def _export_official(args: argparse.Namespace):
     """Export the released model; returns the ExportReport."""
     import torch
 
-    from refavs_ros.export import export_official
+    from refavs_ros.export.official import export_official
     from refavs_ros.models.official_loaders import TEXT_DIR, load_official
 
     if args.window < 1:
@@ -120,7 +120,8 @@ def _export_official(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from refavs_ros.export import check_tolerance, export_eemc
+    from refavs_ros.export.cache import check_tolerance
+    from refavs_ros.export.eemc import export_eemc
     from refavs_ros.models.text import resolve_text_model
 
     if args.profile == "official":

@@ -31,9 +31,9 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from refavs_ros import bagio, conversions, msgs
 from refavs_ros.errors import BagError, ConfigError, InputError, RefAvsError
 from refavs_ros.eval.metrics import MetricAccumulator
+from refavs_ros.rosio import bagio, conversions, msgs
 
 PROG = "refavs-replay"
 
@@ -377,7 +377,7 @@ def replay(
 
     Args:
         root: a bag, or a directory whose sub-folders hold bags (see
-            :func:`refavs_ros.bagio.find_bags`).
+            :func:`refavs_ros.rosio.bagio.find_bags`).
         predictor: see :func:`replay_bag` (reused across bags; its memory is reset per bag).
         options: topics and decoding options.
         output: result bag (single bag) or a directory receiving one result bag per input bag at

@@ -5,7 +5,7 @@ Example::
     refavs-scenes bags/test-seen --split test-seen --count 100 --seed 0
     refavs-scenes /tmp/small --split train --count 2 --width 128 --height 128 --fps 1 --storage sqlite3
 
-Each scene goes to ``OUT_DIR/<scene_id>/`` (topics: see :mod:`refavs_ros.bagio`).
+Each scene goes to ``OUT_DIR/<scene_id>/`` (topics: see :mod:`refavs_ros.rosio.bagio`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    from refavs_ros.bagio import write_scene_bag
+    from refavs_ros.rosio.bagio import write_scene_bag
     from refavs_ros.scenes import SceneConfig, generate_scene, scene_id
     from refavs_ros.scenes.config import validate_config
 

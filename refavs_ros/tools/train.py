@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from refavs_ros import training
     from refavs_ros.models.checkpoint import save_eemc
     from refavs_ros.models.config import EEMCConfig
     from refavs_ros.models.text import TextEncoder
-    from refavs_ros import training
 
     torch.set_num_threads(args.threads)
     cfg = EEMCConfig.profile_named(args.profile)

@@ -4,7 +4,7 @@ Every reader is duck-typed over message objects: rosbags message classes (datacl
 arrays) and rclpy message instances (``array.array`` / ``bytes`` sequences) have the same field
 names, so the same function decodes both. Writers build messages through a
 :class:`MessageFactory`: :class:`RosbagsFactory` (default; rosbags classes from
-:func:`refavs_ros.msgs.typestore`) or :class:`ClassFactory` (any rosidl-generated Python classes,
+:func:`refavs_ros.rosio.msgs.typestore`) or :class:`ClassFactory` (any rosidl-generated Python classes,
 e.g. the rclpy ones; this module never imports rclpy or ROS message packages itself).
 
 Image handling follows ``sensor_msgs/Image`` and ``sensor_msgs/image_encodings.hpp``, honouring
@@ -24,8 +24,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from refavs_ros import msgs
 from refavs_ros.errors import InputError
+from refavs_ros.rosio import msgs
 
 __all__ = [
     "ClassFactory",
@@ -90,7 +90,7 @@ class RosbagsFactory:
     messages) derived from the type store's field definitions.
 
     Args:
-        audio_variant: type store variant, see :func:`refavs_ros.msgs.typestore`.
+        audio_variant: type store variant, see :func:`refavs_ros.rosio.msgs.typestore`.
     """
 
     def __init__(self, *, audio_variant: str = msgs.AUDIO_MGONZS13) -> None:

@@ -3,7 +3,7 @@ text encoding once per command vs per frame, and peak memory.
 
 Run from the repository root (prints tables, writes JSON)::
 
-    python3 -m bench.run_bench --json bench/results_cpu.json
+    python3 -m bench.backend_latency --json bench/results_cpu.json
 
 Sections (all on the device the backends use; CPU here):
 
@@ -152,7 +152,7 @@ def synthetic_inputs(n: int, seed: int = 0):
 def build_engine(model, backend_name: str, text_model: str, cache: Path, num_frames: int, threads: int | None):
     """(EEMCStreamEngine over a TimedBackend, the TimedBackend)."""
     from refavs_ros.backends.registry import create_backend
-    from refavs_ros.models.eemc_stream import EEMCStreamEngine
+    from refavs_ros.engines.eemc import EEMCStreamEngine
     from refavs_ros.models.text import TextEncoder
 
     if backend_name == "onnxruntime" and threads is not None:
@@ -181,7 +181,7 @@ def bench_latency(profile: str, backends: list[str], frames_n: int, warmup: int,
     frames, chunks = synthetic_inputs(frames_n)
     mel = audio.log_mel_spectrogram(np.zeros(audio.EXAMPLE_SAMPLES, np.float32) + 0.01)
     engines = {b: build_engine(model, b, text_model, cache, 10, threads) for b in backends}
-    from refavs_ros.models.eemc_stream import EEMCStreamEngine
+    from refavs_ros.engines.eemc import EEMCStreamEngine
 
     # the predictor gets its own engine (own cached memory) over the same timed backend
     preds = {
@@ -250,7 +250,7 @@ def bench_streaming(profile: str, windows: list[int], frames_n: int, weights, ca
     import torch
 
     from refavs_ros import audio
-    from refavs_ros.models.eemc_stream import preprocess_image
+    from refavs_ros.engines.eemc import preprocess_image
 
     model, _ = load_model(profile, weights)
     text_model = make_text_dir(profile, model.cfg, tmp)
@@ -301,7 +301,7 @@ def bench_streaming(profile: str, windows: list[int], frames_n: int, weights, ca
 def bench_text(profile: str, backends: list[str], weights, cache: Path, tmp: Path, latency: dict) -> dict:
     """Section 3: text encoder time (PyTorch and exported ONNX) vs per-frame latency."""
     from refavs_ros.backends.onnx_backend import OnnxTextEncoder
-    from refavs_ros.export import export_text
+    from refavs_ros.export.eemc import export_text
     from refavs_ros.models.text import TextEncoder, resolve_text_model
 
     model, _ = load_model(profile, weights)
@@ -367,7 +367,7 @@ def worker_memory(profile: str, backend: str, frames_n: int, weights, cache: Pat
     """
     from refavs_ros import audio
     from refavs_ros.backends.registry import create_backend
-    from refavs_ros.models.eemc_stream import EEMCStreamEngine
+    from refavs_ros.engines.eemc import EEMCStreamEngine
     from refavs_ros.models.text import TextEncoder
 
     rss0 = current_rss_mib()
@@ -507,7 +507,7 @@ def markdown(res: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python3 -m bench.run_bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python3 -m bench.backend_latency", description=__doc__.split("\n\n")[0])
     p.add_argument("--profiles", nargs="+", default=["tiny", "base"], choices=["tiny", "base"])
     p.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"], choices=["torch", "onnxruntime"])
     p.add_argument("--frames", type=int, default=100, help="measured frames per (profile, backend) for tiny")
@@ -557,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = tmp / "cache"
         res: dict = {
             "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "command": "python3 -m bench.run_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python3 -m bench.backend_latency " + " ".join(argv if argv is not None else sys.argv[1:]),
             "device": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                        "onnxruntime_threads": args.threads or available_cores(),
                        "loadavg_start": os.getloadavg()},
@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
                 for b in args.backends:
                     print(f"[memory] {prof} {b} ...", flush=True)
                     text_dir = make_text_dir(prof, load_model(prof, args.weights)[0].cfg, tmp)
-                    cmd = [sys.executable, "-m", "bench.run_bench", "--worker", prof, b, "--cache", str(cache),
+                    cmd = [sys.executable, "-m", "bench.backend_latency", "--worker", prof, b, "--cache", str(cache),
                            "--weights", str(args.weights), "--text-dir", text_dir]
                     if args.threads is not None:
                         cmd += ["--threads", str(args.threads)]

@@ -7,7 +7,7 @@ per-command text features, and the cached memory. Two engines implement it:
 
 * ``refavs_ros.models.eemc.EEMCStreamEngine`` (profiles ``tiny`` and ``base``; paper Sec. 4,
   causal cached memory, Eq. 2-3, updated in O(1) per frame);
-* ``refavs_ros.models.official_stream.OfficialStreamEngine`` (the released computation over a
+* ``refavs_ros.engines.official.OfficialStreamEngine`` (the released computation over a
   sliding window of 10 frames, recomputed per new frame from cached per-frame features).
 """
 

@@ -1,4 +1,4 @@
-"""Sliding-window streaming of the published model (refavs_ros.models.official_stream)."""
+"""Sliding-window streaming of the published model (refavs_ros.engines.official)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_official_helpers import make_checkpoint, make_models_dir, tiny_model, tiny_vggish
+from test_official_helpers import (
+    make_checkpoint,
+    make_models_dir,
+    tiny_model,
+    tiny_vggish,
+)
 
 from refavs_ros import audio as audio_fe
+from refavs_ros.engines.base import StreamEngine
+from refavs_ros.engines.official import OfficialStreamEngine
 from refavs_ros.errors import ConfigError, InputError, ModelLoadError
 from refavs_ros.models.official_loaders import (
     MASK2FORMER_DIR,
@@ -19,8 +26,6 @@ from refavs_ros.models.official_loaders import (
     TextEncoder,
     load_official,
 )
-from refavs_ros.models.official_stream import OfficialStreamEngine
-from refavs_ros.models.streaming import StreamEngine
 from refavs_ros.predictor import PredictorConfig, StreamingPredictor
 
 COMMAND = "the dog barking on the left"

@@ -8,10 +8,10 @@ import torch
 
 from refavs_ros import audio
 from refavs_ros.backends.torch_backend import TorchBackend
+from refavs_ros.engines.eemc import EEMCStreamEngine, preprocess_image
 from refavs_ros.errors import ConfigError, InputError, ModelLoadError
 from refavs_ros.models.checkpoint import load_eemc, save_eemc
 from refavs_ros.models.eemc import causal_memory
-from refavs_ros.models.eemc_stream import EEMCStreamEngine, preprocess_image
 from refavs_ros.models.text import TextEncoder
 from refavs_ros.predictor import PredictorConfig, StreamingPredictor
 

@@ -96,8 +96,8 @@ def msg_dir() -> Path:
         ConfigError: neither the packaged copy nor the repository folder exists (a broken
             install); the message lists the places searched.
     """
-    here = Path(__file__).resolve().parent
-    candidates = (here / "_msg", here.parent / "msg")
+    package = Path(__file__).resolve().parent.parent  # refavs_ros/
+    candidates = (package / "_msg", package.parent / "msg")
     for candidate in candidates:
         if (candidate / _SENTINEL).is_file():
             return candidate

@@ -30,8 +30,18 @@ import torch
 from torch import Tensor
 
 from refavs_ros.errors import ConfigError, InputError
-from refavs_ros.models.official import CACHE_MEM_BETA, MASK_SIZE, FrameFeatures, OfficialEEMC, visual_tokens
-from refavs_ros.models.official_loaders import ImagePreprocessor, TextEncoder, load_official
+from refavs_ros.models.official import (
+    CACHE_MEM_BETA,
+    MASK_SIZE,
+    FrameFeatures,
+    OfficialEEMC,
+    visual_tokens,
+)
+from refavs_ros.models.official_loaders import (
+    ImagePreprocessor,
+    TextEncoder,
+    load_official,
+)
 from refavs_ros.models.vggish import VGGish
 
 
@@ -49,7 +59,7 @@ class OfficialFrame:
 
 
 class OfficialStreamEngine:
-    """:class:`refavs_ros.models.streaming.StreamEngine` for the released EEMC (sliding window).
+    """:class:`refavs_ros.engines.base.StreamEngine` for the released EEMC (sliding window).
 
     Args:
         model: the released model (``OfficialEEMC.from_state_dict``), or a tiny one in tests.

@@ -33,7 +33,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-
 from refavs_ros.errors import ConfigError
 from refavs_ros.predictor import PredictorConfig
 

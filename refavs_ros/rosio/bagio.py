@@ -1,7 +1,7 @@
 """rosbag2 input/output for refavs_ros: scene bags, result bags and header-stamp-ordered reading.
 
 Everything goes through rosbags (ternaris/rosbags), so no ROS installation is needed. Types come
-from :func:`refavs_ros.msgs.typestore`; bags that embed their own message definitions (MCAP, and
+from :func:`refavs_ros.rosio.msgs.typestore`; bags that embed their own message definitions (MCAP, and
 sqlite3 bags recorded by Iron or newer) are decoded with those definitions (rosbags
 ``AnyReader``).
 
@@ -46,8 +46,8 @@ from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer, WriterError
 from rosbags.serde import SerdeError
 from rosbags.typesys import TypesysError
 
-from refavs_ros import conversions, msgs
 from refavs_ros.errors import BagError, InputError
+from refavs_ros.rosio import conversions, msgs
 
 TOPIC_IMAGE = "/camera/image_raw"
 TOPIC_AUDIO = "/audio"
@@ -103,7 +103,7 @@ class BagWriter:
         path: bag directory to create; it must not exist (unless ``overwrite``).
         storage: ``"mcap"`` (default) or ``"sqlite3"``.
         overwrite: delete an existing bag directory at ``path`` first.
-        audio_variant: type store variant (see :func:`refavs_ros.msgs.typestore`).
+        audio_variant: type store variant (see :func:`refavs_ros.rosio.msgs.typestore`).
 
     Raises:
         BagError: bad storage name, existing path, or the bag cannot be created.
@@ -393,7 +393,7 @@ class BagReader:
     """Read a rosbag2 (MCAP or sqlite3) with rosbags, errors as :class:`BagError`.
 
     Messages are deserialised with the bag's embedded definitions when it has them, else with
-    :func:`refavs_ros.msgs.typestore` (the ros-drivers audio variant is picked automatically
+    :func:`refavs_ros.rosio.msgs.typestore` (the ros-drivers audio variant is picked automatically
     when the bag holds ``audio_common_msgs/msg/AudioDataStamped``).
 
     Args:

@@ -1,4 +1,4 @@
-"""Tests of refavs_ros.node_logic (ROS-free decision logic of refavs_node)."""
+"""Tests of refavs_ros.node.params (ROS-free decision logic of refavs_node)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from refavs_ros.errors import ConfigError
-from refavs_ros.node_logic import (
+from refavs_ros.node.params import (
     CONFIGURE,
     DYNAMIC,
     ERROR,
@@ -439,7 +439,7 @@ def test_compressed_image_decode() -> None:
     import numpy as np
 
     from refavs_ros.errors import InputError
-    from refavs_ros.conversions import compressed_image_to_rgb8
+    from refavs_ros.rosio.conversions import compressed_image_to_rgb8
 
     rgb = np.zeros((8, 10, 3), np.uint8)
     rgb[:, :5] = (255, 0, 0)  # left half red
@@ -459,7 +459,7 @@ def test_compressed_image_decode() -> None:
 def test_import_audio_class_errors_name_the_provider() -> None:
     import importlib.util
 
-    from refavs_ros.node_logic import import_audio_class
+    from refavs_ros.node.params import import_audio_class
 
     with pytest.raises(ConfigError, match="not one of"):
         import_audio_class("Audio")

@@ -67,7 +67,7 @@ class _MemoryEntry:
 
 
 class EEMCStreamEngine:
-    """:class:`refavs_ros.models.streaming.StreamEngine` for the paper's causal EEMC.
+    """:class:`refavs_ros.engines.base.StreamEngine` for the paper's causal EEMC.
 
     Args:
         backend: runs the stages (``TorchBackend``, ONNX Runtime or TensorRT backend).

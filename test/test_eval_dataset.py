@@ -18,11 +18,11 @@ import torch
 from scipy.io import wavfile
 from test_official_helpers import make_checkpoint, make_models_dir, tiny_model
 
-from refavs_ros import bagio, conversions
 from refavs_ros.errors import InputError
+from refavs_ros.eval.dataset import GT_SIZE, RefAvsBench, media_folder
 from refavs_ros.eval.metrics import benchmark_metrics
 from refavs_ros.models.official_loaders import load_official
-from refavs_ros.refavs_bench import GT_SIZE, RefAvsBench, media_folder
+from refavs_ros.rosio import bagio, conversions
 from refavs_ros.tools import bench2bag, eval_bench
 
 # (vid, uid, split, fid, exp, frame (h, w), audio (rate, channels, dtype), gt kind)

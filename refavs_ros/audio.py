@@ -62,14 +62,14 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """
     arr = np.asarray(samples)
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)):
-        raise InputError(f"sample_rate must be an integer number of Hz, got {sample_rate!r}")
+        raise InputError(f"sample_rate must be an integer number of Hz, got {sample_rate!r}", reason="bad rate")
     if not 1000 <= int(sample_rate) <= 384000:
-        raise InputError(f"sample_rate {sample_rate} Hz is outside 1000..384000 Hz")
+        raise InputError(f"sample_rate {sample_rate} Hz is outside 1000..384000 Hz", reason="bad rate")
     if arr.ndim == 2:
         if arr.shape[1] == 0:
-            raise InputError("audio has zero channels")
+            raise InputError("audio has zero channels", reason="bad channels")
     elif arr.ndim != 1:
-        raise InputError(f"audio must have shape (N,) or (N, C), got {arr.shape}")
+        raise InputError(f"audio must have shape (N,) or (N, C), got {arr.shape}", reason="bad shape")
     if arr.dtype in _INT_SCALE:
         x = arr.astype(np.float32) / np.float32(_INT_SCALE[arr.dtype])
     elif arr.dtype == np.uint8:
@@ -78,9 +78,9 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
         x = arr.astype(np.float32)
         bad = ~np.isfinite(x)
         if bad.any():
-            raise InputError(f"audio contains {int(bad.sum())} NaN/inf samples")
+            raise InputError(f"audio contains {int(bad.sum())} NaN/inf samples", reason="non-finite samples")
     else:
-        raise InputError(f"unsupported audio sample dtype {arr.dtype}")
+        raise InputError(f"unsupported audio sample dtype {arr.dtype}", reason="unsupported format")
     if x.ndim == 2:
         x = x.mean(axis=1)
     rate = int(sample_rate)

@@ -14,7 +14,18 @@ class RefAvsError(Exception):
 
 
 class InputError(RefAvsError, ValueError):
-    """A sensor message, array or command cannot be used (bad encoding, shape, NaN, ...)."""
+    """A sensor message, array or command cannot be used (bad encoding, shape, NaN, ...).
+
+    Args:
+        message: what is wrong, naming the offending value.
+        reason: a short stable label of the kind of problem (e.g. ``"unsupported encoding"``,
+            ``"stale stamp"``), used to count rejections by reason in diagnostics; default
+            ``"invalid"``.
+    """
+
+    def __init__(self, message: str, *, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ConfigError(RefAvsError, ValueError):

@@ -154,7 +154,8 @@ class AudioRing:
         if pos < self.end - self.tolerance:
             raise InputError(
                 f"audio chunk stamped {stamp_ns} ns starts {(self.end - pos) / audio.SAMPLE_RATE:.3f} s before "
-                "the end of the buffered audio (out of order or overlapping); dropped"
+                "the end of the buffered audio (out of order or overlapping); dropped",
+                reason="out-of-order audio",
             )
         gap = pos - self.end if pos > self.end + self.tolerance else 0
         parts = [self.data, np.zeros(min(gap, self.capacity), np.float32), samples_16k.astype(np.float32)]
@@ -335,13 +336,15 @@ class StreamingPredictor:
         """
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise InputError(
-                f"image must be uint8 (H, W, 3) RGB, got {getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}"
+                f"image must be uint8 (H, W, 3) RGB, got {getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}",
+                reason="bad image array",
             )
         if image.shape[0] == 0 or image.shape[1] == 0:
-            raise InputError(f"image is empty ({image.shape[0]}x{image.shape[1]})")
+            raise InputError(f"image is empty ({image.shape[0]}x{image.shape[1]})", reason="empty image")
         if self._last_stepped_ns is not None and int(stamp_ns) <= self._last_stepped_ns:
             raise InputError(
-                f"image stamped {stamp_ns} ns is not newer than the last processed frame ({self._last_stepped_ns} ns); dropped"
+                f"image stamped {stamp_ns} ns is not newer than the last processed frame ({self._last_stepped_ns} ns); dropped",
+                reason="stale stamp",
             )
         self._latest = (int(stamp_ns), image)
 

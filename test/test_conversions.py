@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from refavs_ros.errors import InputError
+from refavs_ros.errors import ConfigError, InputError
 from refavs_ros.rosio import conversions as conv
 from refavs_ros.rosio import msgs
 
@@ -369,3 +369,42 @@ def test_compressed_image_png_round_trip_and_errors():
         conv.compressed_image_to_rgb8(SimpleNamespace(format="jpeg", data=b""))
     with pytest.raises(InputError, match="cannot decode"):
         conv.compressed_image_to_rgb8(SimpleNamespace(format="jpeg", data=b"not a jpeg"))
+
+
+def test_compressed_image_decode() -> None:
+    import array
+    from types import SimpleNamespace
+
+    import cv2
+    import numpy as np
+
+    from refavs_ros.errors import InputError
+    from refavs_ros.rosio.conversions import compressed_image_to_rgb8
+
+    rgb = np.zeros((8, 10, 3), np.uint8)
+    rgb[:, :5] = (255, 0, 0)  # left half red
+    ok, png = cv2.imencode(".png", rgb[:, :, ::-1])
+    assert ok
+    for data in (png.tobytes(), array.array("B", png.tobytes()), png.reshape(-1)):
+        out = compressed_image_to_rgb8(SimpleNamespace(format="png", data=data))
+        np.testing.assert_array_equal(out, rgb)
+    with pytest.raises(InputError, match="decode"):
+        compressed_image_to_rgb8(SimpleNamespace(format="jpeg", data=b"notanimage"))
+    with pytest.raises(InputError, match="no data"):
+        compressed_image_to_rgb8(SimpleNamespace(format="jpeg", data=b""))
+    with pytest.raises(InputError, match="depth"):
+        compressed_image_to_rgb8(SimpleNamespace(format="16UC1; compressedDepth", data=png.tobytes()))
+
+
+def test_import_audio_class_errors_name_the_provider() -> None:
+    import importlib.util
+
+    from refavs_ros.rosio.conversions import import_audio_class
+
+    with pytest.raises(ConfigError, match="not one of"):
+        import_audio_class("Audio")
+    if importlib.util.find_spec("audio_common_msgs") is None:
+        with pytest.raises(ConfigError, match="mgonzs13/audio_common"):
+            import_audio_class("AudioStamped")
+        with pytest.raises(ConfigError, match="ros-drivers/audio_common"):
+            import_audio_class("AudioDataStamped")

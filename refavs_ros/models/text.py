@@ -90,19 +90,27 @@ def resolve_text_model(name_or_dir: str | Path) -> Path:
 def check_command(text: str) -> str:
     """Validate a referring expression and return it stripped.
 
+    The one command rule of refavs_ros (predictor, node, replay): ``""`` clears the command
+    (handled by the callers before this check); a text that is blank after stripping
+    whitespace is rejected, never taken as "clear", so a stray space from a UI or a recogniser
+    cannot silently drop the target.
+
     Raises:
-        InputError: not a string, empty after stripping, longer than MAX_COMMAND_CHARS, or
+        InputError: not a string, blank (only whitespace), longer than MAX_COMMAND_CHARS, or
             containing NUL characters.
     """
     if not isinstance(text, str):
-        raise InputError(f"command must be a string, got {type(text).__name__}")
+        raise InputError(f"command must be a string, got {type(text).__name__}", reason="not a string")
     stripped = text.strip()
     if not stripped:
-        raise InputError("command is empty")
+        raise InputError(
+            f"command is blank ({len(text)} whitespace characters); publish an empty string to clear the command",
+            reason="blank command",
+        )
     if len(stripped) > MAX_COMMAND_CHARS:
-        raise InputError(f"command is {len(stripped)} characters long; the limit is {MAX_COMMAND_CHARS}")
+        raise InputError(f"command is {len(stripped)} characters long; the limit is {MAX_COMMAND_CHARS}", reason="too long")
     if "\x00" in stripped:
-        raise InputError("command contains a NUL character")
+        raise InputError("command contains a NUL character", reason="control characters")
     return stripped
 
 

@@ -1,14 +1,18 @@
 """``refavs_node``: rclpy lifecycle adapter over :class:`refavs_ros.predictor.StreamingPredictor`.
 
-Thin by design: every decision that does not need rclpy lives in :mod:`refavs_ros.node.params`
-(parameter schema and policy, latest-frame input buffer, command timeout, diagnostics content),
-:mod:`refavs_ros.rosio.conversions` (messages <-> numpy) and :mod:`refavs_ros.overlay`. This module
-maps them onto ROS entities; the interface is specified in ``docs/ros.md`` and every rclpy API
-used here is listed, with the public source it was checked against, in
-``docs/ros_api_checklist.md``.
+Thin by design: it owns rclpy entities, callbacks, timers, lifecycle, parameters and logging.
+Everything from a received message to the messages it publishes is
+:class:`refavs_ros.node.pipeline.MessagePipeline`, the same code ``refavs-replay`` runs; the
+parameter schema is :mod:`refavs_ros.node.params`, the thread hand-off
+:mod:`refavs_ros.node.inputs` and the ``/diagnostics`` content :mod:`refavs_ros.node.diagnostics`.
+The interface is specified in ``docs/ros.md``; every rclpy API used here is listed, with the
+public source it was checked against, in ``docs/ros_api_checklist.md``.
+
+A message never kills the node: callbacks catch everything, and the pipeline returns bad or
+failing messages as rejections, counted by reason in ``/diagnostics`` and logged (throttled).
 
 Threads (MultiThreadedExecutor): subscription callbacks run in a reentrant group and only hand
-messages to :class:`~refavs_ros.node.params.InputBuffer`; the inference timer and the
+messages to :class:`~refavs_ros.node.inputs.InputBuffer`; the inference timer and the
 ``enable`` / ``reset_memory`` services share a mutually exclusive group, so the predictor is only
 touched by one thread at a time; lifecycle and parameter services use the default group. The
 inference timer always takes the LATEST image, so latency does not grow when the camera is faster
@@ -20,9 +24,9 @@ from __future__ import annotations
 import gc
 import threading
 import traceback
+from collections import Counter
 from typing import Any
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (
@@ -53,24 +57,24 @@ try:  # Iron and later (Jazzy)
 except ImportError:  # Humble
     from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
 
-from refavs_ros.errors import ConfigError, InputError, RefAvsError
+from refavs_ros.errors import ConfigError, RefAvsError
+from refavs_ros.node.diagnostics import LogThrottle, NodeStatus, diagnose
+from refavs_ros.node.inputs import InputBuffer
 from refavs_ros.node.params import (
     ACTIVE_COMMAND_QOS,
     COMMAND_QOS,
     DIAGNOSTICS_QOS,
     PARAMETERS,
-    CommandState,
-    InputBuffer,
-    LogThrottle,
     NodeSettings,
-    PipelineState,
     QosSpec,
     check_parameter_change,
-    diagnose,
-    import_audio_class,
-    overlay_caption,
 )
-from refavs_ros.overlay import render_overlay
+from refavs_ros.node.pipeline import (
+    MessagePipeline,
+    PipelineOptions,
+    Rejection,
+    StepOutcome,
+)
 from refavs_ros.predictor import StreamingPredictor
 from refavs_ros.rosio import conversions
 
@@ -112,20 +116,19 @@ class RefAvsNode(LifecycleNode):
         self._factory = conversions.ClassFactory.importing()
         self._buffer: InputBuffer[Any] = InputBuffer()
         self._throttle = LogThrottle(LOG_THROTTLE_SEC)
-        self._commands = CommandState()
-        # _infer_lock: held while the predictor is used or replaced (timer, services, cleanup).
+        # _infer_lock: held while the pipeline is used or replaced (timer, services, cleanup).
         self._infer_lock = threading.Lock()
-        # _pipeline_lock: guards _pipeline and _pending (read by diagnostics and parameter threads).
-        self._pipeline_lock = threading.Lock()
-        self._pipeline = PipelineState(lifecycle="unconfigured")
+        # _status_lock: guards _status, _settings and _pending (diagnostics and parameter threads).
+        self._status_lock = threading.Lock()
+        self._status = NodeStatus(lifecycle="unconfigured")
         self._settings: NodeSettings | None = None
         self._pending: NodeSettings | None = None
-        self._predictor: StreamingPredictor | None = None
+        self._pipeline: MessagePipeline | None = None
+        self._callback_rejections: Counter[str] = Counter()  # messages rejected before the pipeline
         self._audio_class: type | None = None
         self._inference_enabled = True
         self.configure_error = ""
         """Why the last configure transition failed ("" after a success)."""
-        self._audio_end_ns: int | None = None
         self._sensor_group = ReentrantCallbackGroup()
         self._infer_group = MutuallyExclusiveCallbackGroup()
         self._diag_group = MutuallyExclusiveCallbackGroup()
@@ -159,7 +162,7 @@ class RefAvsNode(LifecycleNode):
         return NodeSettings.from_params({spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS})
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        configured = self._predictor is not None
+        configured = self._pipeline is not None
         changes = {}
         for param in params:
             reason = check_parameter_change(param.name, param.value, configured=configured)
@@ -168,7 +171,7 @@ class RefAvsNode(LifecycleNode):
             if any(spec.name == param.name for spec in PARAMETERS):
                 changes[param.name] = param.value
         if configured and changes:
-            with self._pipeline_lock:
+            with self._status_lock:
                 base = self._pending or self._settings
                 try:
                     new = base.replace(**changes)
@@ -198,7 +201,9 @@ class RefAvsNode(LifecycleNode):
         """Read parameters, load the model, create publishers and the diagnostics timer."""
         try:
             settings = self._read_settings()
-            audio_class = import_audio_class(settings.audio_msg_type)
+            for warning in settings.deprecations():
+                self.get_logger().warning(warning)
+            audio_class = conversions.import_audio_class(settings.audio_msg_type)
             self.get_logger().info(
                 f"loading model '{settings.model}' (weights: {settings.weights_path or 'shipped default'}, "
                 f"backend {settings.backend}, device {settings.device})"
@@ -215,12 +220,13 @@ class RefAvsNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {self.configure_error}\n{traceback.format_exc()}")
             return TransitionCallbackReturn.FAILURE
         self.configure_error = ""
+        options = PipelineOptions(audio_sample_rate=settings.audio_sample_rate, audio_channels=settings.audio_channels)
         with self._infer_lock:
-            self._predictor = predictor
-        with self._pipeline_lock:
+            self._pipeline = MessagePipeline(predictor, factory=self._factory, options=options)
+        with self._status_lock:
             self._settings = settings
             self._pending = None
-            self._pipeline = PipelineState(
+            self._status = NodeStatus(
                 lifecycle="inactive", model=settings.model, backend=settings.backend,
                 device=settings.resolved_device(_cuda_available),
             )
@@ -239,12 +245,12 @@ class RefAvsNode(LifecycleNode):
         }
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", to_qos_profile(DIAGNOSTICS_QOS))
         self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_SEC, self._on_diagnostics_timer, self._diag_group)
-        self.get_logger().info(f"configured: model '{settings.model}' on {self._pipeline.device}")
+        self.get_logger().info(f"configured: model '{settings.model}' on {self._status.device}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Create subscriptions, services and the inference timer; enable the publishers."""
-        with self._pipeline_lock:
+        with self._status_lock:
             settings = self._pending or self._settings
         self._buffer.clear()
         if settings.image_transport == "compressed":
@@ -269,8 +275,8 @@ class RefAvsNode(LifecycleNode):
         self._infer_timer = self.create_timer(settings.inference_period_sec(), self._on_infer_timer, self._infer_group)
         result = super().on_activate(state)  # enables the lifecycle publishers
         self._publish_active_command()  # transient local: late joiners see the command in force
-        with self._pipeline_lock:
-            self._pipeline.lifecycle = "active"
+        with self._status_lock:
+            self._status.lifecycle = "active"
         self.get_logger().info(
             f"active: {image_topic} ({image_type.__name__}), audio ({self._audio_class.__name__}), command"
         )
@@ -279,8 +285,8 @@ class RefAvsNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Drop subscriptions, services and the timer; keep the model."""
         self._drop_active_entities()
-        with self._pipeline_lock:
-            self._pipeline.lifecycle = "inactive"
+        with self._status_lock:
+            self._status.lifecycle = "inactive"
         self.get_logger().info("deactivated (model kept)")
         return super().on_deactivate(state)
 
@@ -324,12 +330,11 @@ class RefAvsNode(LifecycleNode):
             self.destroy_publisher(self._diag_pub)
         self._diag_timer = self._diag_pub = None
         with self._infer_lock:
-            released = self._predictor is not None
-            self._predictor = None
-        with self._pipeline_lock:
+            released = self._pipeline is not None
+            self._pipeline = None
+        with self._status_lock:
             self._settings = self._pending = None
-            self._pipeline = PipelineState(lifecycle="unconfigured")
-        self._commands = CommandState()
+            self._status = NodeStatus(lifecycle="unconfigured")
         if released:
             gc.collect()
             try:
@@ -343,8 +348,8 @@ class RefAvsNode(LifecycleNode):
     # ---------------------------------------------------------------------------------- events
     def _subscription_events(self, topic: str) -> SubscriptionEventCallbacks:
         def on_incompatible(event: Any) -> None:
-            with self._pipeline_lock:
-                self._pipeline.qos_incompatible += 1
+            with self._status_lock:
+                self._status.qos_incompatible += 1
             self.get_logger().warning(
                 f"subscription '{topic}': a publisher offers incompatible QoS "
                 f"({qos_policy_name_from_kind(event.last_policy_kind)}); no messages will be received "
@@ -355,8 +360,8 @@ class RefAvsNode(LifecycleNode):
 
     def _publisher_events(self, topic: str) -> PublisherEventCallbacks:
         def on_incompatible(event: Any) -> None:
-            with self._pipeline_lock:
-                self._pipeline.qos_incompatible += 1
+            with self._status_lock:
+                self._status.qos_incompatible += 1
             self.get_logger().warning(
                 f"publisher '{topic}': a subscription requests incompatible QoS "
                 f"({qos_policy_name_from_kind(event.last_policy_kind)}); it will get nothing "
@@ -365,20 +370,34 @@ class RefAvsNode(LifecycleNode):
 
         return PublisherEventCallbacks(incompatible_qos=on_incompatible)
 
-    def _bad_input(self, kind: str, exc: Exception) -> None:
-        with self._pipeline_lock:
-            self._pipeline.bad_messages += 1
-        suppressed = self._throttle.check(kind)
-        if suppressed is not None:
-            more = f" ({suppressed} more suppressed)" if suppressed else ""
-            self.get_logger().warning(f"dropped {kind}: {exc}{more}")
+    def _log_rejection(self, rejection: Rejection) -> None:
+        """Log a rejected message, at most once per kind and reason per LOG_THROTTLE_SEC."""
+        suppressed = self._throttle.check(rejection.key)
+        if suppressed is None:
+            return
+        more = f" ({suppressed} more suppressed)" if suppressed else ""
+        if rejection.trace:
+            self.get_logger().error(f"{rejection.kind} failed: {rejection.detail}{more}\n{rejection.trace}")
+        else:
+            self.get_logger().warning(f"dropped {rejection.kind} ({rejection.reason}): {rejection.detail}{more}")
+
+    def _callback_failed(self, kind: str, exc: Exception) -> None:
+        """A subscription callback failed before the pipeline saw the message (e.g. a bad stamp)."""
+        reason = getattr(exc, "reason", f"unexpected {type(exc).__name__}")
+        trace = "" if isinstance(exc, RefAvsError) else traceback.format_exc()
+        rejection = Rejection(kind, reason, str(exc), None, trace)
+        with self._status_lock:
+            self._callback_rejections[rejection.key] += 1
+            self._status.rejections[rejection.key] = self._status.rejections.get(rejection.key, 0) + 1
+            self._status.bad_messages += 1
+        self._log_rejection(rejection)
 
     # ------------------------------------------------------------- callbacks (buffers only)
     def _on_image(self, msg: Any) -> None:
         try:
             self._buffer.offer_image(conversions.stamp_to_ns(msg.header.stamp), msg)
-        except InputError as exc:
-            self._bad_input("image", exc)
+        except Exception as exc:  # noqa: BLE001 - a message must never kill the node
+            self._callback_failed("image", exc)
 
     def _on_audio(self, msg: Any) -> None:
         try:
@@ -389,17 +408,20 @@ class RefAvsNode(LifecycleNode):
                 frames = len(msg.data) // (2 * settings.audio_channels)  # S16LE
                 stamp_ns = self.get_clock().now().nanoseconds - frames * 1_000_000_000 // settings.audio_sample_rate
             self._buffer.offer_audio(stamp_ns, msg)
-        except InputError as exc:
-            self._bad_input("audio", exc)
+        except Exception as exc:  # noqa: BLE001 - a message must never kill the node
+            self._callback_failed("audio", exc)
 
     def _on_command(self, msg: String) -> None:
-        self._buffer.offer_command(msg.data)
+        try:
+            self._buffer.offer_command(msg.data)
+        except Exception as exc:  # noqa: BLE001 - a message must never kill the node
+            self._callback_failed("command", exc)
 
     # ---------------------------------------------------------------------------- services
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         self._inference_enabled = bool(request.data)
-        with self._pipeline_lock:
-            self._pipeline.enabled = self._inference_enabled
+        with self._status_lock:
+            self._status.enabled = self._inference_enabled
         response.success = True
         response.message = "inference enabled" if self._inference_enabled else "inference disabled"
         self.get_logger().info(response.message)
@@ -407,11 +429,10 @@ class RefAvsNode(LifecycleNode):
 
     def _on_reset_memory(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._infer_lock:
-            if self._predictor is None:
+            if self._pipeline is None:
                 response.success, response.message = False, "no model loaded"
                 return response
-            self._predictor.reset_memory()
-            self._audio_end_ns = None
+            self._pipeline.reset()
         response.success, response.message = True, "cached memory and audio buffer cleared"
         self.get_logger().info(response.message)
         return response
@@ -419,30 +440,22 @@ class RefAvsNode(LifecycleNode):
     # ---------------------------------------------------------------------------- inference
     def _on_infer_timer(self) -> None:
         with self._infer_lock:
-            predictor = self._predictor
-            if predictor is None:
+            pipeline = self._pipeline
+            if pipeline is None:
                 return
-            settings = self._apply_pending(predictor)
+            settings = self._apply_pending(pipeline.predictor)
             batch = self._buffer.take()
-            now_ns = self.get_clock().now().nanoseconds
-            if batch.command is not None:
-                self._set_command(predictor, batch.command, now_ns)
-            if self._commands.expired(now_ns, settings.command_timeout_sec):
-                self.get_logger().info(f"command '{self._commands.text}' expired")
-                self._set_command(predictor, "", now_ns)
-            if batch.time_jump:
-                self.get_logger().warning("image stamps jumped back (bag loop?): memory reset")
-                predictor.reset_memory()
-                self._audio_end_ns = None
-            for chunk in batch.audio:
-                self._push_audio(predictor, settings, chunk.stamp_ns, chunk.item)
-            image = batch.image
-            if image is None or not self._inference_enabled or not predictor.command:
-                return
-            self._infer(predictor, settings, image.stamp_ns, image.item)
+            overlay_pub = self._out_pubs.get("overlay")
+            overlay = bool(settings.publish_debug and overlay_pub is not None and overlay_pub.get_subscription_count() > 0)
+            outcome = pipeline.process(
+                batch, self.get_clock().now().nanoseconds, enabled=self._inference_enabled, overlay=overlay,
+                command_timeout_sec=settings.command_timeout_sec,
+            )
+            self._publish(outcome)
+            self._update_status(pipeline, outcome)
 
     def _apply_pending(self, predictor: StreamingPredictor) -> NodeSettings:
-        with self._pipeline_lock:
+        with self._status_lock:
             pending, self._pending = self._pending, None
             if pending is not None:
                 self._settings = pending
@@ -451,79 +464,61 @@ class RefAvsNode(LifecycleNode):
             predictor.update_config(pending.predictor_config())
         return settings
 
-    def _set_command(self, predictor: StreamingPredictor, text: str, now_ns: int) -> None:
-        try:
-            predictor.set_command(text)
-        except InputError as exc:
-            self._bad_input("command", exc)
-            return
-        if self._commands.update(text, now_ns):
-            self.get_logger().info(f"command: '{text}'" if text else "command cleared")
-            self._publish_active_command()
-        with self._pipeline_lock:
-            self._pipeline.command = text
-
-    def _push_audio(self, predictor: StreamingPredictor, settings: NodeSettings, stamp_ns: int, msg: Any) -> None:
-        try:
-            samples, rate = conversions.audio_to_array(
-                msg, sample_rate=settings.audio_sample_rate, channels=settings.audio_channels
-            )
-            predictor.push_audio(stamp_ns, samples, rate)
-        except InputError as exc:
-            self._bad_input("audio", exc)
-            return
-        self._audio_end_ns = stamp_ns + samples.shape[0] * 1_000_000_000 // rate
-
-    def _infer(self, predictor: StreamingPredictor, settings: NodeSettings, stamp_ns: int, msg: Any) -> None:
-        try:
-            rgb = (conversions.compressed_image_to_rgb8(msg) if isinstance(msg, CompressedImage)
-                   else conversions.image_to_rgb8(msg))
-            predictor.push_image(stamp_ns, rgb)
-        except InputError as exc:
-            self._bad_input("image", exc)
+    def _publish(self, outcome: StepOutcome) -> None:
+        """Publish what one pipeline step produced; log command changes, time jumps, rejections."""
+        for rejection in outcome.rejections:
+            self._log_rejection(rejection)
+        change = outcome.command
+        if change is not None:
+            if change.cause == "expired":
+                self.get_logger().info("command expired")
+            else:
+                self.get_logger().info(f"command: '{change.text}'" if change.text else "command cleared")
+            self._out_pubs["active_command"].publish(change.message)
+        if outcome.time_jump:
+            self.get_logger().warning("image stamps jumped back (bag loop or restarted clock): memory reset")
+        frame = outcome.frame
+        if frame is None:
             return
         try:
-            prediction = predictor.step()
-            if prediction is None:
-                return
-            self._publish(settings, msg.header, rgb, prediction)
+            self._out_pubs["mask"].publish(frame.mask)
+            self._out_pubs["detections"].publish(frame.detections)
+            if frame.overlay is not None:
+                self._out_pubs["overlay"].publish(frame.overlay)
         except Exception as exc:  # noqa: BLE001 - the node must not die; reported in diagnostics
-            with self._pipeline_lock:
-                self._pipeline.last_error = f"{type(exc).__name__}: {exc}"
-            suppressed = self._throttle.check("inference")
-            if suppressed is not None:
-                self.get_logger().error(f"inference failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
-            return
-        end_to_end_ms = (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
-        with self._pipeline_lock:
-            self._pipeline.last_error = ""
-            self._pipeline.inference_ms.add(prediction.timings_ms.get("total", float("nan")))
-            self._pipeline.end_to_end_ms.add(end_to_end_ms)
-            self._pipeline.av_skew_sec = (
-                None if self._audio_end_ns is None else (stamp_ns - self._audio_end_ns) / 1e9
-            )
+            with self._status_lock:
+                self._status.last_error = f"publishing failed: {type(exc).__name__}: {exc}"
+            if self._throttle.check("publish") is not None:
+                self.get_logger().error(f"publishing failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
 
-    def _publish(self, settings: NodeSettings, header: Any, rgb: np.ndarray, prediction: Any) -> None:
-        """Publish mask, detections and (when watched) the overlay, all with the source header."""
-        self._out_pubs["mask"].publish(conversions.mask_to_image(prediction.mask, header, factory=self._factory))
-        self._out_pubs["detections"].publish(
-            conversions.detections_from_prediction(prediction, header, factory=self._factory)
-        )
-        overlay_pub = self._out_pubs["overlay"]
-        if settings.publish_debug and overlay_pub.get_subscription_count() > 0:
-            caption = overlay_caption(prediction.command, prediction.score, prediction.found)
-            bgr = render_overlay(rgb, prediction.mask, prediction.bbox, caption)
-            overlay_pub.publish(conversions.array_to_image(bgr, "bgr8", header=header, factory=self._factory))
+    def _update_status(self, pipeline: MessagePipeline, outcome: StepOutcome) -> None:
+        frame = outcome.frame
+        failures = [r for r in outcome.rejections if r.trace]
+        end_to_end_ms = None if frame is None else (self.get_clock().now().nanoseconds - frame.stamp_ns) / 1e6
+        with self._status_lock:
+            status = self._status
+            status.command = pipeline.command
+            status.rejections = dict(pipeline.rejections + self._callback_rejections)
+            status.bad_messages = sum(status.rejections.values())
+            if failures:
+                status.last_error = f"{failures[-1].kind} failed: {failures[-1].detail}"
+            if frame is not None:
+                if not failures:
+                    status.last_error = ""
+                status.inference_ms.add(frame.prediction.timings_ms.get("total", float("nan")))
+                status.end_to_end_ms.add(end_to_end_ms)
+                status.av_skew_sec = pipeline.av_skew_sec(frame.stamp_ns)
 
     def _publish_active_command(self) -> None:
         pub = self._out_pubs.get("active_command")
-        if pub is not None:
-            pub.publish(String(data=self._commands.text))
+        pipeline = self._pipeline
+        if pub is not None and pipeline is not None:
+            pub.publish(conversions.string_message(pipeline.command, factory=self._factory))
 
     # --------------------------------------------------------------------------- diagnostics
     def _on_diagnostics_timer(self) -> None:
-        with self._pipeline_lock:
-            state = self._pipeline
+        with self._status_lock:
+            state = self._status
             state.counters = self._buffer.counters() if state.lifecycle == "active" else None
             settings = self._settings
             report = diagnose(state, max_av_skew_sec=settings.max_av_skew_sec if settings else 1.0)

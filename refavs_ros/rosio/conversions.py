@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from refavs_ros.errors import InputError
+from refavs_ros.errors import ConfigError, InputError
 from refavs_ros.rosio import msgs
 
 __all__ = [
@@ -182,6 +182,36 @@ class ClassFactory:
             raise InputError(f"cannot build {typename} from fields {sorted(fields)}: {exc}") from exc
 
 
+def import_audio_class(type_name: str) -> type:
+    """Import ``audio_common_msgs.msg.<type_name>`` (done at configure time: the message package
+    is a run-time choice, not a build dependency).
+
+    Args:
+        type_name: one of :data:`msgs.AUDIO_MSG_TYPES`.
+
+    Returns:
+        the rosidl message class.
+
+    Raises:
+        ConfigError: unknown type name, or the package/type cannot be imported; the message says
+            which audio_common provides it.
+    """
+    if type_name not in msgs.AUDIO_MSG_TYPES:
+        raise ConfigError(f"audio_msg_type {type_name!r} is not one of {', '.join(msgs.AUDIO_MSG_TYPES)}")
+    try:
+        return getattr(importlib.import_module("audio_common_msgs.msg"), type_name)
+    except (ImportError, AttributeError) as exc:
+        origin = (
+            "mgonzs13/audio_common (github.com/mgonzs13/audio_common; build it in your workspace)"
+            if type_name == "AudioStamped"
+            else "ros-drivers/audio_common (apt install ros-$ROS_DISTRO-audio-common-msgs)"
+        )
+        raise ConfigError(
+            f"audio_msg_type '{type_name}' needs audio_common_msgs.msg.{type_name} from {origin}; "
+            f"import failed: {exc}"
+        ) from exc
+
+
 def _to_rosidl(value: Any, field_type: str) -> Any:
     if not isinstance(value, np.ndarray):
         return value
@@ -223,9 +253,9 @@ def stamp_to_ns(stamp: Any) -> int:
     try:
         sec, nanosec = int(stamp.sec), int(stamp.nanosec)
     except (AttributeError, TypeError, ValueError) as exc:
-        raise InputError(f"not a time stamp (needs sec, nanosec): {stamp!r}") from exc
+        raise InputError(f"not a time stamp (needs sec, nanosec): {stamp!r}", reason="bad stamp") from exc
     if not 0 <= nanosec < NS_PER_S:
-        raise InputError(f"stamp nanosec {nanosec} is outside [0, 1e9)")
+        raise InputError(f"stamp nanosec {nanosec} is outside [0, 1e9)", reason="bad stamp")
     return sec * NS_PER_S + nanosec
 
 
@@ -332,24 +362,26 @@ def image_to_array(msg: Any) -> np.ndarray:
     encoding = str(msg.encoding)
     if encoding not in _ENCODINGS:
         raise InputError(
-            f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}"
+            f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}",
+            reason="unsupported encoding",
         )
     channels, dtype, layout = _ENCODINGS[encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     row_bytes = width * channels * np.dtype(dtype).itemsize
     if height <= 0 or width <= 0:
-        raise InputError(f"{encoding} image has an empty size {width}x{height}")
+        raise InputError(f"{encoding} image has an empty size {width}x{height}", reason="empty image")
     if step < row_bytes:
-        raise InputError(f"{encoding} image step {step} < width*bytes_per_pixel = {row_bytes} (width {width})")
+        raise InputError(f"{encoding} image step {step} < width*bytes_per_pixel = {row_bytes} (width {width})", reason="bad step")
     raw = _buffer_bytes(msg.data)
     if raw.size != step * height:
         raise InputError(
-            f"{encoding} image data has {raw.size} bytes, expected step*height = {step}*{height} = {step * height}"
+            f"{encoding} image data has {raw.size} bytes, expected step*height = {step}*{height} = {step * height}",
+            reason="data length",
         )
     rows = np.ascontiguousarray(raw.reshape(height, step)[:, :row_bytes])
     if layout in ("uyvy", "yuyv"):
         if width % 2:
-            raise InputError(f"{encoding} (YUV 4:2:2) image needs an even width, got {width}")
+            raise InputError(f"{encoding} (YUV 4:2:2) image needs an even width, got {width}", reason="bad size")
         code = cv2.COLOR_YUV2RGB_UYVY if layout == "uyvy" else cv2.COLOR_YUV2RGB_YUY2
         return cv2.cvtColor(rows.reshape(height, width, 2), code)
     if np.dtype(dtype).itemsize > 1:
@@ -404,13 +436,13 @@ def compressed_image_to_rgb8(msg: Any) -> np.ndarray:
     """
     fmt = str(getattr(msg, "format", ""))
     if "compressedDepth" in fmt:
-        raise InputError(f"CompressedImage format {fmt!r} (depth) is not a colour image")
+        raise InputError(f"CompressedImage format {fmt!r} (depth) is not a colour image", reason="unsupported format")
     buf = _buffer_bytes(msg.data)
     if buf.size == 0:
-        raise InputError("CompressedImage has no data")
+        raise InputError("CompressedImage has no data", reason="empty image")
     bgr = cv2.imdecode(np.ascontiguousarray(buf), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise InputError(f"cannot decode CompressedImage ({buf.size} bytes, format {fmt!r})")
+        raise InputError(f"cannot decode CompressedImage ({buf.size} bytes, format {fmt!r})", reason="undecodable")
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
@@ -624,7 +656,8 @@ def audio_to_array(
         return _ros_drivers_to_array(audio.data, sample_rate, channels, sample_format, coding_format)
     raise InputError(
         f"unrecognised audio message {type(msg).__name__}: expected audio_common_msgs AudioStamped "
-        "(mgonzs13) or AudioData/AudioDataStamped (ros-drivers)"
+        "(mgonzs13) or AudioData/AudioDataStamped (ros-drivers)",
+        reason="unknown audio type",
     )
 
 
@@ -634,12 +667,13 @@ def _mgonzs13_to_array(audio: Any) -> tuple[np.ndarray, int]:
     if fmt not in _PA_FIELDS:
         raise InputError(
             f"AudioInfo.format {fmt} is not a PortAudio PCM format; expected one of "
-            + ", ".join(f"{v}={k}" for k, v in _PA_NAMES.items())
+            + ", ".join(f"{v}={k}" for k, v in _PA_NAMES.items()),
+            reason="unsupported format",
         )
     if rate <= 0:
-        raise InputError(f"AudioInfo.rate {rate} Hz must be positive")
+        raise InputError(f"AudioInfo.rate {rate} Hz must be positive", reason="bad rate")
     if channels <= 0:
-        raise InputError(f"AudioInfo.channels {channels} must be positive")
+        raise InputError(f"AudioInfo.channels {channels} must be positive", reason="bad channels")
     field, dtype = _PA_FIELDS[fmt]
     seq = getattr(data, field)
     if _length(seq) == 0:
@@ -648,7 +682,8 @@ def _mgonzs13_to_array(audio: Any) -> tuple[np.ndarray, int]:
         if filled:
             raise InputError(
                 f"AudioInfo.format {fmt} ({_PA_NAMES[fmt]}) selects {field}, which is empty, "
-                f"but {filled} hold samples"
+                f"but {filled} hold samples",
+                reason="format mismatch",
             )
     samples = _typed_array(seq, dtype)
     if fmt == msgs.PA_INT24:
@@ -661,26 +696,27 @@ def _ros_drivers_to_array(
 ) -> tuple[np.ndarray, int]:
     if str(coding_format).lower() not in _PCM_CODINGS:
         raise InputError(
-            f"audio coding {coding_format!r} is compressed; only PCM (wave) audio can be decoded"
+            f"audio coding {coding_format!r} is compressed; only PCM (wave) audio can be decoded",
+            reason="unsupported format",
         )
     if sample_rate is None or channels is None:
-        raise InputError("ros-drivers AudioData carries raw bytes: pass sample_rate and channels")
+        raise InputError("ros-drivers AudioData carries raw bytes: pass sample_rate and channels", reason="bad rate")
     if int(sample_rate) <= 0 or int(channels) <= 0:
-        raise InputError(f"sample_rate {sample_rate} and channels {channels} must be positive")
+        raise InputError(f"sample_rate {sample_rate} and channels {channels} must be positive", reason="bad rate")
     fmt = str(sample_format).upper()
     if fmt not in _GST_FORMATS:
-        raise InputError(f"unsupported sample_format {sample_format!r}; supported: {', '.join(_GST_FORMATS)}")
+        raise InputError(f"unsupported sample_format {sample_format!r}; supported: {', '.join(_GST_FORMATS)}", reason="unsupported format")
     dtype = np.dtype(_GST_FORMATS[fmt])
     raw = _buffer_bytes(data)
     if raw.size % dtype.itemsize:
-        raise InputError(f"{raw.size} bytes is not a whole number of {fmt} samples")
+        raise InputError(f"{raw.size} bytes is not a whole number of {fmt} samples", reason="data length")
     samples = np.frombuffer(raw.tobytes(), dtype=dtype).astype(dtype.newbyteorder("="))
     return _interleaved(samples, int(channels)), int(sample_rate)
 
 
 def _interleaved(samples: np.ndarray, channels: int) -> np.ndarray:
     if samples.size % channels:
-        raise InputError(f"{samples.size} samples is not a multiple of {channels} channels")
+        raise InputError(f"{samples.size} samples is not a multiple of {channels} channels", reason="data length")
     return samples if channels == 1 else samples.reshape(-1, channels)
 
 

@@ -46,6 +46,12 @@ AUDIO_ROS_DRIVERS = "ros-drivers"
 """Store variant with ros-drivers/audio_common ``audio_common_msgs`` (PCM bytes)."""
 AUDIO_VARIANTS = (AUDIO_MGONZS13, AUDIO_ROS_DRIVERS)
 
+AUDIO_MSG_TYPES = ("AudioStamped", "AudioDataStamped", "AudioData")
+"""``AudioStamped``: mgonzs13/audio_common (typed samples, format, rate and channels in the
+message). ``AudioDataStamped`` / ``AudioData``: ros-drivers/audio_common (raw PCM bytes; rate
+and channels from the ``audio_sample_rate`` / ``audio_channels`` parameters; ``AudioData`` has
+no header and is stamped on arrival)."""
+
 ROS_STORE = Stores.ROS2_JAZZY
 """Base rosbags store. Humble and Jazzy share every type used here field for field."""
 

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 
 from refavs_ros.errors import BagError, ConfigError, InputError, RefAvsError
 from refavs_ros.eval.metrics import MetricAccumulator
+from refavs_ros.node.pipeline import MessagePipeline, PipelineOptions
 from refavs_ros.rosio import bagio, conversions, msgs
 
 PROG = "refavs-replay"
@@ -131,17 +131,6 @@ def _scene_info(bag: bagio.BagReader, topic: str) -> dict:
     return info if isinstance(info, dict) else {}
 
 
-def _decode_image(message: Any, msgtype: str) -> np.ndarray:
-    if msgtype == msgs.COMPRESSED_IMAGE:
-        return conversions.compressed_image_to_rgb8(message)
-    return conversions.image_to_rgb8(message)
-
-
-def _caption(command: str, prediction: Any) -> str:
-    state = "" if prediction.found else " (absent)"
-    return f'"{command}" {float(prediction.score):.2f}{state}'
-
-
 def replay_bag(
     path: str | Path,
     predictor: Predictor,
@@ -159,8 +148,10 @@ def replay_bag(
     The predictor's memory is reset first (one bag = one clip). Messages of the command, audio,
     image and GT topics are sorted by header stamp (command and audio before the image at equal
     stamps), so every audio chunk stamped at or before an image is pushed before that image.
-    Per image: decode -> ``push_image`` -> ``step``; the wall time of those three is the
-    frame's end-to-end latency.
+    Every message goes through :class:`refavs_ros.node.pipeline.MessagePipeline`, the code
+    ``refavs_node`` runs on live messages (decoding, command rule, stale/time-jump policy,
+    stepping, output messages); the wall time from decoding an image to its output messages is
+    the frame's end-to-end latency.
 
     Args:
         path: bag (directory, ``.mcap`` or ``.db3``).
@@ -188,7 +179,7 @@ def replay_bag(
     path = Path(path)
     warn = warn or (lambda text: print(f"{PROG}: warning: {text}", file=sys.stderr))
     with bagio.BagReader(path) as bag:
-        image_type = bag.require(options.image_topic, [msgs.IMAGE, msgs.COMPRESSED_IMAGE])
+        bag.require(options.image_topic, [msgs.IMAGE, msgs.COMPRESSED_IMAGE])
         topics = bag.topics
         has_audio = options.audio_topic in topics
         if has_audio:
@@ -227,40 +218,39 @@ def replay_bag(
     if overlay_dir is not None:
         Path(overlay_dir).mkdir(parents=True, exist_ok=True)
 
-    predictor.reset_memory()
+    pipeline = MessagePipeline(
+        predictor,  # type: ignore[arg-type]  # any object with the StreamingPredictor contract
+        options=PipelineOptions(
+            audio_sample_rate=options.audio_rate, audio_channels=options.audio_channels,
+            audio_format=options.audio_format,
+        ),
+    )
+    pipeline.reset()
     writing = bagio.BagWriter(output, storage=storage) if output is not None else contextlib.nullcontext()
     with writing as writer:
-        active = ""
 
-        def activate(text: str, stamp_ns: int) -> None:
-            nonlocal active
+        def command(text: str, stamp_ns: int) -> None:
             try:
-                predictor.set_command(text)
+                change = pipeline.handle_command(text, stamp_ns)
             except InputError as exc:
                 warn(f"{path}: command {text!r} rejected at {stamp_ns} ns: {exc}")
                 return
-            active = text
-            report.commands.append(text)
+            if change is None:
+                return
+            report.commands.append(change.text)
             if writer is not None:
-                writer.write(bagio.TOPIC_ACTIVE_COMMAND, msgs.STRING, conversions.string_message(text),
-                             stamp_ns, qos=bagio.LATCHED_QOS)
+                writer.write(bagio.TOPIC_ACTIVE_COMMAND, msgs.STRING, change.message, stamp_ns, qos=bagio.LATCHED_QOS)
 
         if options.command is not None:
-            first = images[0].stamp_ns if images else 0
-            activate(options.command, first)
+            command(options.command, images[0].stamp_ns if images else 0)
         audio_warned = False
         index = 0
         for item in order.messages:
             if item.topic == options.command_topic and options.command is None:
-                activate(str(item.message.data), item.stamp_ns)
+                command(str(item.message.data), item.stamp_ns)
             elif item.topic == options.audio_topic:
                 try:
-                    samples, rate = conversions.audio_to_array(
-                        item.message, sample_rate=options.audio_rate, channels=options.audio_channels,
-                        sample_format=options.audio_format,
-                    )
-                    if samples.size:
-                        predictor.push_audio(item.stamp_ns, samples, rate)
+                    pipeline.handle_audio(item.message, item.stamp_ns)
                 except InputError as exc:
                     report.dropped_audio += 1
                     if not audio_warned:
@@ -268,8 +258,8 @@ def replay_bag(
                         audio_warned = True
             elif item.topic == options.image_topic:
                 report.images += 1
-                _replay_image(item, image_type, predictor, report, gt_by_stamp if has_gt else None,
-                              accumulator, groups, writer, overlay_dir, index, active, warn)
+                _replay_image(item, pipeline, report, gt_by_stamp if has_gt else None,
+                              accumulator, groups, writer, overlay_dir, index, warn)
                 index += 1
                 if progress is not None:
                     progress.update(1)
@@ -280,8 +270,7 @@ def replay_bag(
 
 def _replay_image(
     item: bagio.BagMessage,
-    image_type: str,
-    predictor: Predictor,
+    pipeline: MessagePipeline,
     report: BagReport,
     gt_by_stamp: dict[int, Any] | None,
     accumulator: MetricAccumulator | None,
@@ -289,24 +278,20 @@ def _replay_image(
     writer: bagio.BagWriter | None,
     overlay_dir: str | Path | None,
     index: int,
-    active: str,
     warn: Callable[[str], None],
 ) -> None:
-    t0 = time.perf_counter()
     try:
-        rgb = _decode_image(item.message, image_type)
-        predictor.push_image(item.stamp_ns, rgb)
+        frame = pipeline.handle_image(item.message, stamp_ns=item.stamp_ns)
     except InputError as exc:
         report.dropped_images += 1
         warn(f"{report.path}: image at {item.stamp_ns} ns dropped: {exc}")
         return
-    prediction = predictor.step()
-    latency_ms = (time.perf_counter() - t0) * 1e3
-    if prediction is None:
+    if frame is None:
         report.no_command += 1
         return
+    prediction = frame.prediction
     report.predictions += 1
-    report.latencies_ms.append(latency_ms)
+    report.latencies_ms.append(frame.latency_ms)
     probability = np.asarray(prediction.probability)
     if gt_by_stamp is not None:
         gt_msg = gt_by_stamp.get(item.stamp_ns)
@@ -323,17 +308,12 @@ def _replay_image(
             if accumulator is not None:
                 accumulator.process(probability, gt != 0, groups=groups, clip=str(report.path))
             report.scored += 1
-    header = item.message.header
     if writer is not None:
-        writer.write(bagio.TOPIC_MASK, msgs.IMAGE, conversions.mask_to_image(prediction.mask, header), item.stamp_ns)
-        writer.write(bagio.TOPIC_DETECTIONS, msgs.DETECTION2D_ARRAY,
-                     conversions.detections_from_prediction(prediction, header), item.stamp_ns)
+        writer.write(bagio.TOPIC_MASK, msgs.IMAGE, frame.mask, item.stamp_ns)
+        writer.write(bagio.TOPIC_DETECTIONS, msgs.DETECTION2D_ARRAY, frame.detections, item.stamp_ns)
     if overlay_dir is not None:
-        from refavs_ros.overlay import render_overlay
-
-        bgr = render_overlay(rgb, prediction.mask, prediction.bbox, _caption(active, prediction))
         target = Path(overlay_dir) / f"{index:06d}_{item.stamp_ns}.png"
-        if not cv2.imwrite(str(target), bgr):
+        if not cv2.imwrite(str(target), pipeline.render_overlay(frame.rgb, prediction)):
             raise BagError(f"cannot write overlay {target}")
 
 

@@ -150,22 +150,16 @@ def synthetic_inputs(n: int, seed: int = 0):
 
 
 def build_engine(model, backend_name: str, text_model: str, cache: Path, num_frames: int, threads: int | None):
-    """(EEMCStreamEngine over a TimedBackend, the TimedBackend)."""
-    from refavs_ros.backends.registry import create_backend
-    from refavs_ros.engines.eemc import EEMCStreamEngine
-    from refavs_ros.models.text import TextEncoder
+    """(EEMCStreamEngine over a TimedBackend, the TimedBackend), built by the package's builder."""
+    from refavs_ros.engines.build import eemc_engine
 
-    if backend_name == "onnxruntime" and threads is not None:
-        from refavs_ros.backends.onnx_backend import OnnxRuntimeBackend
-
-        inner = OnnxRuntimeBackend.from_model(model, cache_dir=cache, intra_op_threads=threads)
-    else:
-        inner = create_backend(backend_name, model, cache_dir=cache)
-    timed = TimedBackend(inner)
-    text = TextEncoder.from_pretrained(text_model, model.cfg.max_text_tokens)
-    engine = EEMCStreamEngine(timed, text, model.cfg, num_frames=num_frames)
+    timed: list[TimedBackend] = []
+    engine = eemc_engine(
+        model, backend=backend_name, engine_dir=cache, threads=threads, text_model=text_model,
+        num_frames=num_frames, wrap_backend=lambda inner: timed.append(TimedBackend(inner)) or timed[-1],
+    )
     engine.set_command("the dog that is barking on the left")
-    return engine, timed
+    return engine, timed[0]
 
 
 # --------------------------------------------------------------------------------- sections

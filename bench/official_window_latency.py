@@ -42,7 +42,7 @@ from transformers.models.mask2former.image_processing_pil_mask2former import (
 
 from refavs_ros.engines.official import OfficialStreamEngine
 from refavs_ros.models.official import OfficialEEMC, visual_tokens
-from refavs_ros.models.official_loaders import ImagePreprocessor, TextEncoder
+from refavs_ros.models.official_loaders import ImagePreprocessor, OfficialTextEncoder
 from refavs_ros.models.vggish import VGGish
 
 WINDOW = 10
@@ -110,7 +110,7 @@ def build_engine(device: str) -> OfficialStreamEngine:
             vocab_size=50265,
         )
     )
-    text = TextEncoder(AutoTokenizer.from_pretrained(str(bundled_minilm_dir())), roberta)
+    text = OfficialTextEncoder(AutoTokenizer.from_pretrained(str(bundled_minilm_dir())), roberta)
     return OfficialStreamEngine(model, processor, text, VGGish(), device=device, num_frames=WINDOW)
 
 

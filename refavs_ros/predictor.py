@@ -36,11 +36,9 @@ import cv2
 import numpy as np
 
 from refavs_ros import audio
-from refavs_ros.backends.registry import create_backend
 from refavs_ros.engines.base import StreamEngine
 from refavs_ros.errors import ConfigError, InputError
 from refavs_ros.models.text import check_command
-from refavs_ros.resources import default_weights_path
 
 
 @dataclass(frozen=True)
@@ -212,7 +210,8 @@ class StreamingPredictor:
         precision: str = "fp16",
         threads: int | None = None,
     ) -> "StreamingPredictor":
-        """Build a predictor from weights on disk.
+        """Build a predictor from weights on disk (a thin wrapper of
+        :func:`refavs_ros.engines.build.build_engine`).
 
         Args:
             weights: EEMC safetensors file (None = the shipped ``models/refavs_tiny.safetensors``),
@@ -237,35 +236,13 @@ class StreamingPredictor:
             BackendUnavailableError: the backend library or device is missing.
             ConfigError: unknown model or backend name.
         """
+        from refavs_ros.engines.build import build_engine
+
         config = config or PredictorConfig()
-        if threads is not None:
-            if int(threads) < 1:
-                raise ConfigError(f"threads must be >= 1, got {threads}")
-            import torch
-
-            torch.set_num_threads(int(threads))
-        if model == "official":
-            from refavs_ros.engines.official import OfficialStreamEngine
-
-            if weights is None or models_dir is None:
-                raise ConfigError("model 'official' needs weights (ckpt_best_miou.pth) and models_dir")
-            engine: StreamEngine = OfficialStreamEngine.from_pretrained(weights, models_dir, device=device)
-            engine.set_window(config.num_frames)
-            return cls(engine, config)
-        if model != "eemc":
-            raise ConfigError(f"unknown model {model!r}; expected 'eemc' or 'official'")
-        from refavs_ros.engines.eemc import EEMCStreamEngine
-        from refavs_ros.models.checkpoint import load_eemc
-        from refavs_ros.models.text import TextEncoder
-
-        path = Path(weights) if weights is not None else default_weights_path()
-        net, _meta = load_eemc(path, device="cpu")
-        stage_backend = create_backend(
-            backend, net, device=device, cache_dir=engine_dir, precision=precision, threads=threads
+        engine = build_engine(
+            weights, model=model, backend=backend, device=device, models_dir=models_dir, engine_dir=engine_dir,
+            precision=precision, threads=threads, num_frames=config.num_frames, beta=config.beta,
         )
-        text_model = str(models_dir) if models_dir is not None else net.cfg.text_model
-        text = TextEncoder.from_pretrained(text_model, net.cfg.max_text_tokens, device=device)
-        engine = EEMCStreamEngine(stage_backend, text, net.cfg, num_frames=config.num_frames, beta=config.beta)
         return cls(engine, config)
 
     # ------------------------------------------------------------------------------- commands

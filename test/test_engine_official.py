@@ -23,7 +23,7 @@ from refavs_ros.models.official_loaders import (
     TEXT_DIR,
     VGGISH_FILE,
     ImagePreprocessor,
-    TextEncoder,
+    OfficialTextEncoder,
     load_official,
 )
 from refavs_ros.predictor import PredictorConfig, StreamingPredictor
@@ -40,7 +40,7 @@ def models_dir(tmp_path_factory, tiny_text_dir):
 def parts(models_dir):
     model = tiny_model(seed=7)
     processor = ImagePreprocessor.from_pretrained(models_dir / MASK2FORMER_DIR)
-    text = TextEncoder.from_pretrained(models_dir / TEXT_DIR)
+    text = OfficialTextEncoder.from_pretrained(models_dir / TEXT_DIR)
     return model, processor, text, tiny_vggish()
 
 

@@ -23,7 +23,8 @@ from refavs_ros.eval.dataset import GT_SIZE, RefAvsBench, media_folder
 from refavs_ros.eval.metrics import benchmark_metrics
 from refavs_ros.models.official_loaders import load_official
 from refavs_ros.rosio import bagio, conversions
-from refavs_ros.tools import bench2bag, eval_bench
+from refavs_ros.tools import eval_refavs_bench as eval_bench
+from refavs_ros.tools import refavs_bench_to_bag as bench2bag
 
 # (vid, uid, split, fid, exp, frame (h, w), audio (rate, channels, dtype), gt kind)
 ROWS = [

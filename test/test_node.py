@@ -254,6 +254,91 @@ def test_bad_messages_are_dropped_and_the_node_keeps_working(make_harness) -> No
         lambda items: any(kv.key == "bad messages dropped" and int(kv.value) >= 2
                           for arr in items for st in arr.status for kv in st.values)
     )
+    values = {kv.key: kv.value for arr in h.diagnostics.items for st in arr.status for kv in st.values}
+    assert values.get("rejected image: unsupported encoding") == "1"
+    assert values.get("rejected audio: unsupported format") == "1"
+
+
+def test_blank_command_is_rejected_and_the_command_in_force_stays(make_harness) -> None:
+    h = make_harness()
+    assert h.node.bring_up()
+    h.send_command("the dog")
+    h.command_pub.publish(String(data="   \t "))
+    assert h.diagnostics.wait_for(
+        lambda items: any(kv.key == "rejected command: blank command" for arr in items for st in arr.status
+                          for kv in st.values)
+    )
+    assert h.node._pipeline.command == "the dog"
+    h.send_command("")  # the empty string clears
+    assert h.node._pipeline.command == ""
+
+
+def test_node_and_replay_publish_identical_masks(make_harness, tmp_path) -> None:
+    """refavs_node (real rclpy graph) and refavs-replay run one pipeline: the same messages give the
+    same masks byte for byte (shipped model, a real scene, BGR frames with row padding, stereo
+    44.1 kHz audio in odd-sized chunks)."""
+    from scipy.signal import resample_poly
+
+    from refavs_ros.resources import default_weights_path
+    from refavs_ros.rosio import bagio, msgs
+    from refavs_ros.scenes import SceneConfig, generate_scene
+    from refavs_ros.tools import replay
+
+    sec, t0, height, width = 1_000_000_000, 1_700_000_000 * 1_000_000_000, 120, 160
+    cfg = SceneConfig(width=width, height=height, fps=2.0, duration_sec=4.0, start_ns=t0)
+    scene = next(s for s in (generate_scene("test-seen", i, 11, cfg) for i in range(60)) if s.kind == "semantic")
+    rate, chunk = 44100, 1411
+    mono = resample_poly(scene.audio.astype(np.float32), 441, 160)
+    wave = np.clip(np.stack([mono, mono * 0.5], axis=1), -32768, 32767).astype(np.int16)
+    audio = [(t0 + k * sec // rate, wave[k : k + chunk]) for k in range(0, wave.shape[0] - chunk, chunk)]
+    frames = [(stamp, np.ascontiguousarray(rgb[:, :, ::-1])) for stamp, rgb in
+              zip(scene.frame_stamps_ns.tolist(), scene.frames)]
+
+    def image_msg(stamp: int, bgr: np.ndarray, factory: Any = None) -> Any:
+        return conversions.array_to_image(bgr, "bgr8", stamp_ns=stamp, frame_id="camera", step=width * 3 + 4,
+                                          factory=factory)
+
+    def audio_msg(stamp: int, samples: np.ndarray, factory: Any = None) -> Any:
+        return conversions.array_to_audio_stamped(samples, rate, stamp, "mic", factory=factory)
+
+    weights = default_weights_path()
+    with bagio.BagWriter(tmp_path / "in", storage="mcap") as bag:
+        bag.write(bagio.TOPIC_COMMAND, msgs.STRING, conversions.string_message(scene.expression), t0)
+        for stamp, samples in audio:
+            bag.write(bagio.TOPIC_AUDIO, msgs.AUDIO_STAMPED, audio_msg(stamp, samples), stamp)
+        for stamp, bgr in frames:
+            bag.write(bagio.TOPIC_IMAGE, msgs.IMAGE, image_msg(stamp, bgr), stamp)
+    assert replay.main([str(tmp_path / "in"), "--weights", str(weights), "--num-frames", "4", "--output",
+                        str(tmp_path / "out"), "--no-progress", "--gt-topic", "/none"]) == 0
+    with bagio.BagReader(tmp_path / "out") as bag:
+        replayed = [m.message for m in bag.read_sorted([bagio.TOPIC_MASK]).messages]
+
+    h = make_harness(weights_path=str(weights), num_frames=4, mask_threshold=0.4, score_threshold=0.5)
+    assert h.node.bring_up()
+    h.send_command(scene.expression)
+    assert h.wait_subscribed("image") and h.wait_subscribed("audio")
+    sent = 0
+    pending = list(audio)
+    for stamp, bgr in frames:
+        while pending and pending[0][0] <= stamp:
+            a_stamp, samples = pending.pop(0)
+            h.audio_pub.publish(audio_msg(a_stamp, samples, FACTORY))
+            sent += 1
+        deadline = threading.Event()
+        for _ in range(int(TIMEOUT / 0.01)):  # every chunk of this frame reached the node before the image
+            if h.node._buffer.counters().audio_received >= sent:
+                break
+            deadline.wait(0.01)
+        h.image_pub.publish(image_msg(stamp, bgr, FACTORY))
+        assert h.masks.wait_for(lambda items, s=stamp: any(_stamp(m) == s for m in items)), f"no mask for {stamp}"
+    live = {_stamp(m): m for m in h.masks.items}
+    assert len(replayed) == len(frames)
+    for theirs in replayed:
+        mine = live[conversions.stamp_to_ns(theirs.header.stamp)]
+        assert mine.header.frame_id == theirs.header.frame_id == "camera"
+        assert (mine.height, mine.width, mine.encoding) == (theirs.height, theirs.width, theirs.encoding)
+        np.testing.assert_array_equal(conversions.image_to_array(mine), conversions.image_to_array(theirs))
+    assert sum(bool(conversions.image_to_array(m).any()) for m in replayed) >= len(replayed) // 2  # target found
 
 
 def test_lifecycle_transitions_create_and_drop_entities(make_harness) -> None:
@@ -262,13 +347,13 @@ def test_lifecycle_transitions_create_and_drop_entities(make_harness) -> None:
     image_topic = f"{h.ns}/image"
     assert h.peer.count_subscribers(image_topic) == 0
     assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    assert h.node._predictor is not None and h.peer.count_subscribers(image_topic) == 0
+    assert h.node._pipeline is not None and h.peer.count_subscribers(image_topic) == 0
     assert h.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     assert h.wait_subscribed("image")
     assert h.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-    assert h.node._predictor is not None  # model kept
+    assert h.node._pipeline is not None  # model kept
     assert h.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
-    assert h.node._predictor is None  # model freed
+    assert h.node._pipeline is None  # model freed
     # configure-time parameters can change while unconfigured, not while configured
     assert h.node.set_parameters([Parameter("image_transport", value="compressed")])[0].successful
     assert h.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
@@ -281,7 +366,7 @@ def test_missing_model_fails_configure_naming_the_file(make_harness, tmp_path) -
     h = make_harness(weights_path=str(missing))
     assert not h.node.bring_up()
     assert str(missing) in h.node.configure_error
-    assert h.node._predictor is None
+    assert h.node._pipeline is None
 
 
 def test_dynamic_parameters_validated(make_harness) -> None:

@@ -33,10 +33,9 @@ from refavs_ros.models.official import (
     AdaptedDeformableAttention,
     OfficialEEMC,
     cached_memory,
-    local_key_to_released,
-    released_key_to_local,
     visual_tokens,
 )
+from refavs_ros.models.official_keys import local_key_to_released, released_key_to_local
 
 SWIN = "model_v.model.pixel_level_module.encoder."
 

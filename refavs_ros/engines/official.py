@@ -39,7 +39,7 @@ from refavs_ros.models.official import (
 )
 from refavs_ros.models.official_loaders import (
     ImagePreprocessor,
-    TextEncoder,
+    OfficialTextEncoder,
     load_official,
 )
 from refavs_ros.models.vggish import VGGish
@@ -80,7 +80,7 @@ class OfficialStreamEngine:
         self,
         model: OfficialEEMC,
         image_processor: ImagePreprocessor,
-        text_encoder: TextEncoder,
+        text_encoder: OfficialTextEncoder,
         vggish: VGGish,
         *,
         device: str | torch.device = "cpu",

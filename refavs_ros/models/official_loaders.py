@@ -118,7 +118,7 @@ class ImagePreprocessor:
         return out["pixel_values"].to(torch.float32)
 
 
-class TextEncoder(nn.Module):
+class OfficialTextEncoder(nn.Module):
     """DistilRoBERTa features of a referring expression, as the released dataset code makes them.
 
     Released ``REFAVS.get_text_emb``: tokenizer with ``max_length=25``, ``padding="max_length"``,
@@ -141,7 +141,7 @@ class TextEncoder(nn.Module):
     @classmethod
     def from_pretrained(
         cls, path: str | Path, device: str | torch.device = "cpu", max_tokens: int = TEXT_TOKENS
-    ) -> TextEncoder:
+    ) -> OfficialTextEncoder:
         """Load tokenizer and encoder from a local directory (``distilroberta-base``).
 
         Raises:
@@ -227,7 +227,7 @@ class OfficialComponents:
 
     model: OfficialEEMC
     image_processor: ImagePreprocessor
-    text_encoder: TextEncoder
+    text_encoder: OfficialTextEncoder
     vggish: VGGish
     device: torch.device
 
@@ -260,7 +260,7 @@ def load_official(
     m2f_dir = root / MASK2FORMER_DIR
     config = load_mask2former_config(m2f_dir)
     processor = ImagePreprocessor.from_pretrained(m2f_dir)
-    text = TextEncoder.from_pretrained(root / TEXT_DIR, device=dev)
+    text = OfficialTextEncoder.from_pretrained(root / TEXT_DIR, device=dev)
     vggish = load_vggish(root / VGGISH_FILE, device=dev)
     try:
         model = OfficialEEMC.from_state_dict(load_checkpoint(checkpoint), config, image_size=processor.size)

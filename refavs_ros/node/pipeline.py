@@ -292,8 +292,9 @@ class MessagePipeline:
                     raise InputError("audio message has no header: pass its stamp", reason="bad stamp")
                 stamp_ns = conversions.stamp_to_ns(msg.header.stamp)
             o = self.options
+            raw_format = {} if o.audio_format is None else {"sample_format": o.audio_format}
             samples, rate = conversions.audio_to_array(
-                msg, sample_rate=o.audio_sample_rate, channels=o.audio_channels, sample_format=o.audio_format
+                msg, sample_rate=o.audio_sample_rate, channels=o.audio_channels, **raw_format
             )
             if samples.shape[0] == 0:
                 raise InputError(f"audio message stamped {stamp_ns} ns has no samples", reason="empty audio")
@@ -410,13 +411,13 @@ class MessagePipeline:
             out.time_jump = out.frame is not None and out.frame.time_jump
         return out
 
-    def _guard(self, out: StepOutcome, kind: str, stamp_ns: int | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _guard(self, out: StepOutcome, kind: str, at_ns: int | None, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except InputError as exc:  # already counted by the handler
-            out.rejections.append(Rejection(kind, exc.reason, str(exc), stamp_ns))
+            out.rejections.append(Rejection(kind, exc.reason, str(exc), at_ns))
         except Exception as exc:  # noqa: BLE001 - a message must never kill the node; returned with its trace
             reason = f"unexpected {type(exc).__name__}"
             self.rejections[f"{kind}: {reason}"] += 1
-            out.rejections.append(Rejection(kind, reason, str(exc), stamp_ns, traceback.format_exc()))
+            out.rejections.append(Rejection(kind, reason, str(exc), at_ns, traceback.format_exc()))
         return None

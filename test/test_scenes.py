@@ -55,7 +55,7 @@ def _plans(split: str, n: int, config: SceneConfig = SMALL):
 
 
 def test_public_constants():
-    assert SPLITS == ("train", "val", "test-seen", "test-unseen", "test-null")
+    assert SPLITS == ("train", "val", "test-seen", "test-unseen", "test-null", "test-noisy", "test-occluded")
     assert EXPRESSION_KINDS == ("semantic", "appearance", "spatial", "acoustic", "temporal", "null")
     assert 8 <= len(CATEGORIES) <= 10 and len(set(CATEGORIES)) == len(CATEGORIES)
     for a, b in HELD_OUT_PAIRS:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SPLITS: tuple[str, ...] = ("train", "val", "test-seen", "test-unseen", "test-null")
-"""Benchmark splits. Each split draws from its own random stream."""
+SPLITS: tuple[str, ...] = ("train", "val", "test-seen", "test-unseen", "test-null", "test-noisy", "test-occluded")
+"""Benchmark splits. Each split draws from its own random stream. ``test-noisy`` and
+``test-occluded`` have test-seen's distribution plus ambient noise (20/10/5/0 dB by index) or an
+occluded referent in every scene (``refavs_ros.scenes.noise`` / ``occlusion``)."""
 
 EXPRESSION_KINDS: tuple[str, ...] = ("semantic", "appearance", "spatial", "acoustic", "temporal", "null")
 """Expression kinds (Ref-AVS section 3.3 and Fig. 4 of the supplement, plus the null subset)."""

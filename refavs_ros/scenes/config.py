@@ -26,6 +26,22 @@ class SceneConfig:
         start_ns: stamp (ns) of the first audio sample, >= 0; the first frame is stamped 1/fps later.
         media: "auto" (scikit-image photos and recorded sounds where available, procedural
             otherwise) or "procedural" (procedural shapes and synthetic sounds only).
+        snr_db: ambient noise (``refavs_ros.scenes.noise``: babble, hum, fans, distractor
+            sounds) at this signal-to-noise ratio in dB, -30..60, for every scene; None = only
+            the faint white noise floor (except in ``test-noisy``, whose scene ``i`` gets
+            ``noise.TEST_NOISY_SNRS_DB[i % 4]``).
+        noise_prob: with ``snr_db`` None, the probability (0..1) that a scene gets ambient noise
+            at an SNR drawn uniformly from ``snr_range_db`` (training augmentation).
+        snr_range_db: (low, high) SNR range in dB for ``noise_prob``.
+        occlusion_prob: probability (0..1) that one object (the referred one when there is one)
+            is partly covered by a foreground bar or another object
+            (``refavs_ros.scenes.occlusion``); ``test-occluded`` scenes always are.
+        occlusion_range: (low, high) fraction of the object's silhouette covered in every frame,
+            within 0.05..0.95 (default 25-60 %).
+
+    The scene content (objects, sounds, expression) does not depend on the noise or occlusion
+    fields: they add a noise track / an occluder on top of the same scene, from random streams
+    of their own.
     """
 
     width: int = 320
@@ -35,6 +51,11 @@ class SceneConfig:
     sample_rate: int = 16000
     start_ns: int = 1_700_000_000 * 10**9
     media: str = "auto"
+    snr_db: float | None = None
+    noise_prob: float = 0.0
+    snr_range_db: tuple[float, float] = (0.0, 20.0)
+    occlusion_prob: float = 0.0
+    occlusion_range: tuple[float, float] = (0.25, 0.6)
 
     @property
     def num_frames(self) -> int:
@@ -54,6 +75,10 @@ class SceneConfig:
 
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
 
 def validate_config(config: SceneConfig) -> SceneConfig:
@@ -83,6 +108,18 @@ def validate_config(config: SceneConfig) -> SceneConfig:
         raise ConfigError(f"SceneConfig.start_ns must be a non-negative int (ns), got {config.start_ns!r}")
     if config.media not in MEDIA_MODES:
         raise ConfigError(f"SceneConfig.media must be one of {MEDIA_MODES}, got {config.media!r}")
+    if config.snr_db is not None and (not _is_real(config.snr_db) or not -30 <= config.snr_db <= 60):
+        raise ConfigError(f"SceneConfig.snr_db must be None or a number in -30..60 dB, got {config.snr_db!r}")
+    for name in ("noise_prob", "occlusion_prob"):
+        v = getattr(config, name)
+        if not _is_real(v) or not 0 <= v <= 1:
+            raise ConfigError(f"SceneConfig.{name} must be a probability in 0..1, got {v!r}")
+    for name, lo, hi in (("snr_range_db", -30, 60), ("occlusion_range", 0.05, 0.95)):
+        v = getattr(config, name)
+        if (not isinstance(v, tuple) or len(v) != 2 or not all(_is_real(x) for x in v)
+                or not lo <= v[0] <= v[1] <= hi):
+            raise ConfigError(f"SceneConfig.{name} must be a tuple (low, high) with {lo} <= low <= high <= {hi}, "
+                              f"got {v!r}")
     return config
 
 

@@ -103,6 +103,8 @@ class ScenePlan:
             {"relation": "left"}, {"sounding": True}, {"loudness": "louder"},
             {"order": "first", "other_category": "cat"}; for null scenes the absent
             category and/or colour.
+        bars: foreground bars drawn over everything (``refavs_ros.scenes.occlusion``; empty
+            unless the scene is occluded by a bar).
     """
 
     split: str
@@ -116,6 +118,7 @@ class ScenePlan:
     background: dict = field(default_factory=dict)
     noise_db: float = -45.0
     cue: dict = field(default_factory=dict)
+    bars: list = field(default_factory=list)
 
     @property
     def scene_id(self) -> str:

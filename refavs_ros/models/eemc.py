@@ -13,8 +13,11 @@ Pipeline per frame tau (shapes for one frame, N = batch * time):
         C_M(tau) = mean of F^_M over the earlier memory entries (0 when there is none),
         over a sliding window of the last W entries.
     Q_T = mean(F_T', F^_TA, F^_TV)
+    Decode-stage position (cfg.decode_position, our addition): Q_V += fixed 2-D sinusoidal
+        encoding of each token's grid cell.
     Modality encoding + multimodal integration transformer (Sec. 4.4, Eq. 4):
-        Q_m = MF([Q_A; [aud]; Q_V; [vis]; Q_T])       (N, 1 + 1 + G*G + 1 + L, d)
+        Q_m = MF([Q_A; (beta C_A); [aud]; Q_V; [vis]; Q_T])   (N, 1 (+1) + 1 + G*G + 1 + L, d)
+        (the memory token beta C_A only with cfg.memory_token, our addition)
     CATF (Eq. 5): mask queries q (N_q, d) cross-attend Q_m  -> q_Q
     Cue-prompted pixel embedding (our addition): the G*G integrated visual cues of Q_m, upsampled
         to S/4 and projected, are added to the pixel features, giving the decoder a direct
@@ -217,6 +220,32 @@ def _key_bias(valid: Tensor, prefix: int) -> Tensor:
     return ((1.0 - keep) * -1e4)[:, None, None, :]
 
 
+def sinusoidal_grid(grid: int, d: int) -> Tensor:
+    """Fixed 2-D sinusoidal position encoding of a ``grid`` x ``grid`` token grid (row-major).
+
+    Half of the ``d`` channels encode x, half y (DETR-style): for each axis, sin/cos of the cell
+    centre in [0, 1] times ``2 pi * 2^k``, k = 0 .. d/4 - 1 (frequencies 1 .. 2^(d/4-1) cycles
+    over the frame, capped at grid / 2 so no two cells alias).
+
+    Returns:
+        float32 (1, grid * grid, d), values in [-1, 1].
+
+    Raises:
+        ValueError: ``d`` not divisible by 4.
+    """
+    if d % 4:
+        raise ValueError(f"sinusoidal_grid needs d divisible by 4, got {d}")
+    n = d // 4
+    centres = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid  # (G,)
+    freqs = torch.clamp(2.0 ** torch.arange(n, dtype=torch.float64), max=grid / 2.0) * math.pi  # (n,)
+    phase = torch.linspace(0.0, math.pi / 2, n, dtype=torch.float64)  # decorrelate the capped ones
+    ang = centres[:, None] * freqs[None, :] * 2.0 + phase[None, :]  # (G, n)
+    axis = torch.cat([ang.sin(), ang.cos()], dim=1)  # (G, d/2)
+    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    enc = torch.cat([axis[xs.flatten()], axis[ys.flatten()]], dim=1)  # (G*G, d)
+    return enc[None].to(torch.float32)
+
+
 class EEMC(nn.Module):
     """The EEMC model of paper Sec. 4 (see module docstring for the dataflow).
 
@@ -249,6 +278,8 @@ class EEMC(nn.Module):
         self.mask_embed = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
         self.query_score = nn.Linear(d, 1)
         self.presence = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 1))
+        if cfg.decode_position:
+            self.register_buffer("cue_position", sinusoidal_grid(cfg.token_grid, d), persistent=False)
 
     # ----------------------------------------------------------------- stages (streaming units)
     def encode_visual(self, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
@@ -275,19 +306,29 @@ class EEMC(nn.Module):
             Q_T = mean(F_T', F^_TA, F^_TV) (N, L, d). F^_A and F^_V feed the cached memory.
         """
         t = self.text_proj(text_hidden)  # F_T' (N, L, d)
+        fa, fta = self.fuse_audio_text(audio_embedding, t, text_mask)
+        fv, ftv = self.fuse_visual_text(visual_tokens, t, text_mask)
+        return fa, fv, (t + fta + ftv) / 3.0
+
+    def fuse_audio_text(self, audio_embedding: Tensor, text: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """A-T half of Eq. 1: audio F_A (N, d_A), projected text F_T' (N, L, d), mask (N, L) ->
+        F^_A (N, 1, d), F^_TA (N, L, d)."""
         a = self.audio_proj(audio_embedding)[:, None]  # F_A' (N, 1, d)
-        x = torch.cat([a, t], dim=1)  # (N, 1 + L, d)
+        x = torch.cat([a, text], dim=1)  # (N, 1 + L, d)
         bias = _key_bias(text_mask, 1)
         for layer in self.at_fusion:
             x = layer(x, bias)
-        fa, fta = x[:, :1], x[:, 1:]
+        return x[:, :1], x[:, 1:]
+
+    def fuse_visual_text(self, visual_tokens: Tensor, text: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """V-T half of Eq. 1: F_V' (N, G*G, d), F_T' (N, L, d), mask (N, L) -> F^_V (N, G*G, d),
+        F^_TV (N, L, d)."""
         nv = visual_tokens.shape[1]
-        y = torch.cat([visual_tokens, t], dim=1)  # (N, G*G + L, d)
+        y = torch.cat([visual_tokens, text], dim=1)  # (N, G*G + L, d)
         bias = _key_bias(text_mask, nv)
         for layer in self.vt_fusion:
             y = layer(y, bias)
-        fv, ftv = y[:, :nv], y[:, nv:]
-        return fa, fv, (t + fta + ftv) / 3.0
+        return y[:, :nv], y[:, nv:]
 
     def decode(
         self,
@@ -337,11 +378,19 @@ class EEMC(nn.Module):
         """:meth:`decode` that also returns the coarse target-map logits (N, G, G) (deep supervision)."""
         qa = (1.0 + beta) * fused_audio - beta * memory_audio  # Q_A, Eq. 2
         qv = (1.0 + beta) * fused_visual - beta * memory_visual  # Q_V, Eq. 2
+        if self.cfg.decode_position:
+            qv = qv + self.cue_position  # explicit grid position where spatial words are decoded
         n = qa.shape[0]
+        parts = [qa]
+        if self.cfg.memory_token:
+            parts.append(beta * memory_audio)  # the audio history itself (0 with the memory off)
         if self.cfg.modality_tokens:
-            parts = [qa, self.aud_token.expand(n, -1, -1), qv, self.vis_token.expand(n, -1, -1), text_cue]
-        else:
-            parts = [qa, qv, text_cue]
+            parts.append(self.aud_token.expand(n, -1, -1))
+        start = sum(p.shape[1] for p in parts)  # index of the first visual cue
+        parts.append(qv)
+        if self.cfg.modality_tokens:
+            parts.append(self.vis_token.expand(n, -1, -1))
+        parts.append(text_cue)
         cues = torch.cat(parts, dim=1)  # (N, P + L, d)
         bias = _key_bias(text_mask, cues.shape[1] - text_cue.shape[1])
         for layer in self.integration:
@@ -352,7 +401,6 @@ class EEMC(nn.Module):
         # the integrated visual cues (one per token-grid cell) also prompt the pixel embedding:
         # upsampled to S/4 and added, so the decoder sees where the expression points
         g = self.cfg.token_grid
-        start = 2 if self.cfg.modality_tokens else 1
         grid = cues[:, start : start + g * g].transpose(1, 2).reshape(n, -1, g, g)  # (N, d, G, G)
         size = pixel_features.shape[-2:]
         pixel_features = pixel_features + self.cue_to_pixel(
@@ -379,37 +427,71 @@ class EEMC(nn.Module):
         beta: float | None = None,
         window: int | None = None,
         return_aux: bool = False,
+        frame_index: Tensor | None = None,
     ) -> tuple[Tensor, ...]:
         """Clip forward: every frame of a clip, each frame seeing only itself and earlier ones.
 
         Args:
-            pixel_values: (B, T, 3, S, S) float32 in [0, 1].
-            log_mel: (B, T, 96, 64) float32, the audio example aligned with each frame.
+            pixel_values: (B, T', 3, S, S) float32 in [0, 1].
+            log_mel: (B, T, 96, 64) float32, the audio example aligned with each time step.
             text_hidden: (B, L, d_T) text-encoder hidden states.
             text_mask: (B, L) float, 1 = real token.
             beta: Eq. 2 sensitivity; None = ``cfg.beta``.
-            window: cached-memory window W in frames (C averages the last W earlier frames);
+            window: cached-memory window W in steps (C averages the last W earlier steps);
                 None = from the beginning of the clip (paper Eq. 3).
             return_aux: also return a dict with the visual encoder's pixel features
-                ``pixel`` (B, T, d, S/4, S/4) and the coarse target-map logits ``coarse``
-                (B, T, G, G), for auxiliary training losses.
+                ``pixel`` (B, T', d, S/4, S/4), the coarse target-map logits ``coarse``
+                (B, T', G, G) and the audio cached memory ``memory_audio`` (B, T', 1, d), for
+                auxiliary training losses.
+            frame_index: None (T' == T: every step has its frame, the streaming computation)
+                or int64 (T',) increasing positions of the given frames among the T audio
+                steps (training on a subset of frames): the audio branch and its cached memory
+                then run over all T steps exactly as in streaming, the visual memory over the
+                T' given frames only.
 
         Returns:
-            mask logits (B, T, S/4, S/4) and presence logits (B, T) [, aux dict].
+            mask logits (B, T', S/4, S/4) and presence logits (B, T') [, aux dict].
+
+        Raises:
+            ValueError: frame/audio step counts disagree without ``frame_index``.
         """
-        b, t = pixel_values.shape[:2]
-        tokens, pixel = self.encode_visual(pixel_values.flatten(0, 1))  # (BT, G*G, d), (BT, d, h, w)
+        b, tv = pixel_values.shape[:2]
+        ta = log_mel.shape[1]
+        if frame_index is None:
+            if tv != ta:
+                raise ValueError(f"{tv} frames but {ta} audio steps; pass frame_index to train on a subset")
+            sel = None
+        else:
+            sel = frame_index.to(device=log_mel.device, dtype=torch.long)
+            if sel.shape != (tv,):
+                raise ValueError(f"frame_index must be ({tv},), got {tuple(sel.shape)}")
+        tokens, pixel = self.encode_visual(pixel_values.flatten(0, 1))  # (BT', G*G, d), (BT', d, h, w)
         audio = self.encode_audio(log_mel.flatten(0, 1))  # (BT, d_A)
-        th = text_hidden[:, None].expand(-1, t, -1, -1).flatten(0, 1)  # (BT, L, d_T)
-        tm = text_mask[:, None].expand(-1, t, -1).flatten(0, 1)  # (BT, L)
-        fa, fv, tcue = self.fuse(tokens, audio, th, tm)
-        mem_a = causal_memory(fa.unflatten(0, (b, t)), window).flatten(0, 1)
-        mem_v = causal_memory(fv.unflatten(0, (b, t)), window).flatten(0, 1)
+        th = text_hidden[:, None].expand(-1, ta, -1, -1).flatten(0, 1)  # (BT, L, d_T)
+        tm = text_mask[:, None].expand(-1, ta, -1).flatten(0, 1)  # (BT, L)
+        text = self.text_proj(th)  # F_T' (BT, L, d)
+        fa, fta = self.fuse_audio_text(audio, text, tm)  # every audio step
+
+        def pick(x: Tensor) -> Tensor:  # (BT, ...) -> (BT', ...) at the given frames
+            return x if sel is None else x.unflatten(0, (b, ta))[:, sel].flatten(0, 1)
+
+        text_v, tm_v = pick(text), pick(tm)
+        fv, ftv = self.fuse_visual_text(tokens, text_v, tm_v)
+        tcue = (text_v + pick(fta) + ftv) / 3.0
+        mem_a = pick(causal_memory(fa.unflatten(0, (b, ta)), window).flatten(0, 1))
+        mem_v = causal_memory(fv.unflatten(0, (b, tv)), window).flatten(0, 1)
+        fa_v = pick(fa)
         beta_t = torch.tensor([self.cfg.beta if beta is None else beta], dtype=fa.dtype, device=fa.device)
-        logits, presence, coarse = self.decode_with_coarse(fa, fv, tcue, tm, mem_a, mem_v, beta_t, pixel)
-        out = (logits.unflatten(0, (b, t)), presence.unflatten(0, (b, t)))
+        logits, presence, coarse = self.decode_with_coarse(fa_v, fv, tcue, tm_v, mem_a, mem_v, beta_t, pixel)
+        out = (logits.unflatten(0, (b, tv)), presence.unflatten(0, (b, tv)))
         if return_aux:
-            return out + ({"pixel": pixel.unflatten(0, (b, t)), "coarse": coarse.unflatten(0, (b, t))},)
+            return out + (
+                {
+                    "pixel": pixel.unflatten(0, (b, tv)),
+                    "coarse": coarse.unflatten(0, (b, tv)),
+                    "memory_audio": mem_a.unflatten(0, (b, tv)),
+                },
+            )
         return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from refavs_ros import audio, training
@@ -35,35 +36,87 @@ def test_scene_arrays_match_the_predictor_preprocessing():
 
 
 def test_training_reduces_the_loss_and_clipset_round_trips(tiny_cfg, tmp_path):
-    clips = training.build_clips("train", 6, 0, tiny_cfg.image_size, SCENE_KW, workers=1, progress=False)
+    kw = dict(SCENE_KW, noise_prob=0.5, occlusion_prob=0.5)
+    clips = training.build_clips("train", 6, 0, tiny_cfg.image_size, kw, workers=1, progress=False)
+    assert clips.heard.shape == (6, 4, len(CATEGORIES)) and clips.categories.shape[:2] == (6, 4)
     clips.save(tmp_path / "clips")
     again = training.ClipSet.load(tmp_path / "clips")
     np.testing.assert_array_equal(again.images, clips.images)
-    assert again.expressions == clips.expressions and again.kinds == clips.kinds
+    np.testing.assert_array_equal(again.heard, clips.heard)
+    assert again.expressions == clips.expressions and again.kinds == clips.kinds and again.video is None
     enc = TextEncoder.from_pretrained(tiny_cfg.text_model, tiny_cfg.max_text_tokens)
     text = training.encode_expressions(enc, clips.expressions)
-    model = training.build_model(tiny_cfg, 0)
-    device = torch.device("cpu")
-    batch = training.clip_batch(clips, np.arange(6), text, device)
+    objective = training.EEMCObjective(training.build_model(tiny_cfg, 0), len(CATEGORIES), memory_aux=True)
+    batch = training.clip_batch(clips, np.arange(6), text, torch.device("cpu"))
+    objective.train()
     with torch.no_grad():
-        before, _ = training.compute_loss(model.train(), batch, training.make_aux_head(tiny_cfg))
-    log = training.train(model, clips, text, steps=60, batch_size=4, lr=3e-3, progress=False, frames=2)
-    assert len(log) == 1 and log[-1]["loss"] < float(before)
-    model.train()
+        before, parts = objective(batch)
+    assert set(parts) == {"bce", "dice", "null", "aux", "coarse", "memory"} and float(parts["memory"]) > 0
+    opts = training.TrainOptions(steps=40, batch_size=3, lr=3e-3, progress=False, log_every=20)
+    log = training.train(objective, training.ClipDataset(clips, text, frames=2), opts)
+    assert [e["step"] for e in log] == [20, 40] and log[-1]["loss"] < float(before)
+    objective.train()
     with torch.no_grad():
-        after, _ = training.compute_loss(model, batch)
+        after, _ = objective(batch)
     assert float(after) < float(before)
-    result = training.evaluate_clips(model, clips, text)
+    result = training.evaluate_clips(objective.model, clips, text)
     assert set(result) == set(clips.kinds) and all(0.0 <= r["J"] <= 1.0 for r in result.values())
 
 
-def test_train_cli_writes_loadable_weights(tmp_path, capsys):
+def test_heard_categories_follow_the_sounding_slots():
+    scene = generate_scene("train", 3, 0, SceneConfig(**SCENE_KW))
+    heard = training.heard_categories(scene)
+    assert heard.shape == (4, len(CATEGORIES))
+    for obj in scene.objects:  # at 1 fps frame i hears slot i
+        c = CATEGORIES.index(obj["category"])
+        for i in range(4):
+            if i in obj["sounding_slots"]:
+                assert heard[i, c] == 1
+    silent = {CATEGORIES.index(o["category"]) for o in scene.objects if not o["sounding_slots"]}
+    sounding = {CATEGORIES.index(o["category"]) for o in scene.objects if o["sounding_slots"]}
+    for c in silent - sounding:
+        assert not heard[:, c].any()
+
+
+def test_kind_weights_reshape_the_training_mix():
+    from collections import Counter
+
+    from refavs_ros.errors import ConfigError
+    from refavs_ros.scenes import kind_for
+
+    plain = training.select_indices("train", 300, 0)
+    assert plain == list(range(300))
+    picked = training.select_indices("train", 300, 0, {"temporal": 2.0, "semantic": 0.5})
+    kinds = Counter(kind_for("train", i, 0) for i in picked)
+    assert len(set(picked)) == 300 and kinds["temporal"] > 2 * kinds["semantic"]
+    with pytest.raises(ConfigError):
+        training.select_indices("train", 10, 0, {"loud": 1.0})
+
+
+def test_precision_and_schedule_rules():
+    from refavs_ros.errors import ConfigError
+
+    assert training.resolve_precision("auto", torch.device("cpu")) is None
+    with pytest.raises(ConfigError, match="CUDA"):
+        training.resolve_precision("bf16", torch.device("cpu"))
+    sched = training.CosineSchedule(1.0, warmup=10, steps=100, budget_s=60.0)
+    assert sched.lr(0, 0.0) == pytest.approx(0.1) and sched.lr(50, 0.5) == pytest.approx(0.5)
+    assert sched.progress(10, 30.0) == pytest.approx(0.5)  # time, not steps, is further along
+
+
+def test_train_cli_writes_loadable_weights_and_resumes(tmp_path, capsys):
     from refavs_ros.tools.train import main
 
     out = tmp_path / "m.safetensors"
-    code = main(["--out", str(out), "--train-count", "4", "--val-count", "2", "--steps", "3", "--batch-size", "2",
-                 "--width", "96", "--height", "72", "--duration", "4", "--quiet", "--threads", "1"])
-    assert code == 0
+    args = ["--train-count", "4", "--val-count", "2", "--batch-size", "2", "--width", "96", "--height", "72",
+            "--duration", "4", "--quiet", "--threads", "1", "--checkpoint-dir", str(tmp_path / "ck"),
+            "--data-cache", str(tmp_path / "cache")]
+    assert main(["--out", str(out), "--steps", "3", *args]) == 0
     model, meta = load_eemc(out)
-    assert model.cfg.profile == "tiny" and "refavs-train" in meta["command"] and meta["steps"] == "0"
+    assert model.cfg.profile == "tiny" and "refavs-train" in meta["command"] and meta["steps"] == "3"
+    assert model.cfg.decode_position and model.cfg.memory_token and meta["processes"] == "1"
     assert "val" in capsys.readouterr().out
+    assert main(["--out", str(out), "--steps", "4", "--resume", "auto", *args]) == 0
+    assert load_eemc(out)[1]["steps"] == "4"
+    assert main(["--out", str(out), "--data", "nope", *args]) == 2
+    assert main(["--out", str(out), "--kind-weights", "temporal:2", *args]) == 2

@@ -444,10 +444,10 @@ class EEMC(nn.Module):
                 (B, T', G, G) and the audio cached memory ``memory_audio`` (B, T', 1, d), for
                 auxiliary training losses.
             frame_index: None (T' == T: every step has its frame, the streaming computation)
-                or int64 (T',) increasing positions of the given frames among the T audio
-                steps (training on a subset of frames): the audio branch and its cached memory
-                then run over all T steps exactly as in streaming, the visual memory over the
-                T' given frames only.
+                or int64 (T',) / (B, T') increasing positions of the given frames among the T
+                audio steps (training on a subset of frames): the audio branch and its cached
+                memory then run over all T steps exactly as in streaming, the visual memory over
+                the T' given frames only.
 
         Returns:
             mask logits (B, T', S/4, S/4) and presence logits (B, T') [, aux dict].
@@ -463,8 +463,11 @@ class EEMC(nn.Module):
             sel = None
         else:
             sel = frame_index.to(device=log_mel.device, dtype=torch.long)
-            if sel.shape != (tv,):
-                raise ValueError(f"frame_index must be ({tv},), got {tuple(sel.shape)}")
+            if sel.shape not in ((tv,), (b, tv)):
+                raise ValueError(f"frame_index must be ({tv},) or ({b}, {tv}), got {tuple(sel.shape)}")
+            if sel.dim() == 1:
+                sel = sel[None].expand(b, -1)
+            rows = torch.arange(b, device=sel.device)[:, None]
         tokens, pixel = self.encode_visual(pixel_values.flatten(0, 1))  # (BT', G*G, d), (BT', d, h, w)
         audio = self.encode_audio(log_mel.flatten(0, 1))  # (BT, d_A)
         th = text_hidden[:, None].expand(-1, ta, -1, -1).flatten(0, 1)  # (BT, L, d_T)
@@ -473,7 +476,7 @@ class EEMC(nn.Module):
         fa, fta = self.fuse_audio_text(audio, text, tm)  # every audio step
 
         def pick(x: Tensor) -> Tensor:  # (BT, ...) -> (BT', ...) at the given frames
-            return x if sel is None else x.unflatten(0, (b, ta))[:, sel].flatten(0, 1)
+            return x if sel is None else x.unflatten(0, (b, ta))[rows, sel].flatten(0, 1)
 
         text_v, tm_v = pick(text), pick(tm)
         fv, ftv = self.fuse_visual_text(tokens, text_v, tm_v)

@@ -1,8 +1,19 @@
-"""``refavs-train``: train an EEMC profile on the synthetic scene benchmark on the CPU.
+"""``refavs-train``: train an EEMC profile on the synthetic scenes or Ref-AVS Bench, on one CPU or
+many GPUs.
 
-Example (the shipped model, see models/MODEL_CARD.md)::
+Examples::
 
-    refavs-train --out models/refavs_tiny.safetensors --train-count 4000 --steps 3000 --seed 0
+    # the shipped tiny model (one process, 2 CPU cores; see models/MODEL_CARD.md)
+    refavs-train --out models/refavs_tiny.safetensors --max-minutes 60 --threads 2
+
+    # the same code on 4 GPUs of one node, or 2 nodes x 8 GPUs (torchrun sets RANK/WORLD_SIZE)
+    torchrun --nproc-per-node 4 -m refavs_ros.tools.train --profile base \\
+        --data refavs-bench /data/REFAVS --out runs/base.safetensors --checkpoint-dir runs/base_ckpt
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+        -m refavs_ros.tools.train --profile base --data refavs-bench /data/REFAVS ...
+
+A run writes resumable checkpoints into ``--checkpoint-dir`` and continues from the newest with
+``--resume auto`` (or a given ``stepNNNNNN.pt``).
 """
 
 from __future__ import annotations
@@ -16,33 +27,69 @@ from pathlib import Path
 
 import torch
 
-from refavs_ros.errors import RefAvsError
+from refavs_ros.errors import ConfigError, RefAvsError
+
+PROFILE_RECIPES = {
+    "tiny": {"lr": 2e-3, "batch_size": 16, "frames_per_clip": 4, "mask_weights": (1.0, 1.0), "steps": 20000,
+             "epochs": None},
+    # paper Sec. 5.1 / App. B.1 and the released run_refavs.py: AdamW lr 1e-4, batch 2 clips of
+    # 10 frames, 50 epochs, lambda_bce = lambda_dice = 5
+    "base": {"lr": 1e-4, "batch_size": 2, "frames_per_clip": 0, "mask_weights": (5.0, 5.0), "steps": None,
+             "epochs": 50},
+}
+"""Default optimisation recipe per profile (any flag overrides it)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of refavs-train."""
     p = argparse.ArgumentParser(prog="refavs-train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("models/refavs_tiny.safetensors"), help="output safetensors file")
-    p.add_argument("--profile", default="tiny", choices=["tiny", "base"], help="model profile")
-    p.add_argument("--train-count", type=int, default=4000, help="training scenes to generate")
-    p.add_argument("--val-count", type=int, default=300, help="validation scenes to generate")
-    p.add_argument("--seed", type=int, default=0, help="seed of data generation and initialisation")
-    p.add_argument("--steps", type=int, default=3000, help="optimisation steps")
-    p.add_argument("--batch-size", type=int, default=16, help="clips per step")
-    p.add_argument("--frames-per-clip", type=int, default=4,
-                   help="frames of each clip used per step (random increasing subset); 0 = all")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
-    p.add_argument("--max-minutes", type=float, default=30.0, help="stop training after this many minutes")
-    p.add_argument("--checkpoint-dir", type=Path, default=None, help="write intermediate checkpoints here")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
-    p.add_argument("--workers", type=int, default=1, help="processes generating scenes")
-    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--profile", default="tiny", choices=sorted(PROFILE_RECIPES), help="model profile")
+    p.add_argument("--data", nargs="+", default=["synthetic"], metavar="KIND [DIR]",
+                   help="'synthetic' (generated scenes, default) or 'refavs-bench DIR' (Ref-AVS Bench on disk)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these EEMC weights (safetensors of the same profile) instead of random")
+    p.add_argument("--train-count", type=int, default=6000, help="synthetic training scenes to generate")
+    p.add_argument("--val-count", type=int, default=300, help="synthetic validation scenes (bench: val rows, 0 = none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data generation, initialisation and shuffling")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the profile's recipe)")
+    p.add_argument("--epochs", type=float, default=None, help="train this many epochs instead of --steps")
+    p.add_argument("--batch-size", type=int, default=None, help="clips per process per micro-batch")
+    p.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimiser step")
+    p.add_argument("--frames-per-clip", type=int, default=None,
+                   help="frames of each clip decoded per step (random increasing subset; the audio memory "
+                        "always spans the clip); 0 = all")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default min(200, steps/10))")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto: bf16 (else fp16) autocast on GPUs, fp32 on CPUs")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: the local GPU if any")
+    p.add_argument("--freeze-bn", action="store_true", help="BatchNorm keeps its running statistics")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-time budget of the whole run (data included); the schedule ends with it")
+    p.add_argument("--checkpoint-dir", type=Path, default=None, help="write resumable checkpoints here")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="optimiser steps between checkpoints")
+    p.add_argument("--resume", default=None, help="checkpoint to resume from, or 'auto' (newest in --checkpoint-dir)")
+    p.add_argument("--workers", type=int, default=1, help="processes generating scenes (rank 0 of each node)")
+    p.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes per rank")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads per process")
     p.add_argument("--fps", type=float, default=1.0, help="frame rate of training scenes (Hz); 1 = one memory entry per frame")
     p.add_argument("--duration", type=float, default=8.0, help="training scene length (s)")
     p.add_argument("--width", type=int, default=320, help="training scene width (pixels)")
     p.add_argument("--height", type=int, default=240, help="training scene height (pixels)")
+    p.add_argument("--noise-prob", type=float, default=0.5, help="share of training scenes with ambient noise")
+    p.add_argument("--snr-range", type=float, nargs=2, default=(-5.0, 25.0), metavar=("LOW", "HIGH"),
+                   help="SNR range (dB) of the ambient noise of training scenes")
+    p.add_argument("--occlusion-prob", type=float, default=0.3, help="share of training scenes with an occluder")
+    p.add_argument("--kind-weights", default="semantic=0.7,appearance=1,spatial=1.4,acoustic=1.2,temporal=1.5,null=0.8",
+                   help="relative sampling weight of expression kinds in the synthetic training set ('' = as generated)")
+    p.add_argument("--no-memory-aux", action="store_true", help="no heard-history loss on the audio cached memory")
+    p.add_argument("--paper-decoder", action="store_true",
+                   help="no decode-stage position encoding and no audio memory token (the earlier model)")
     p.add_argument("--data-cache", type=Path, default=None,
                    help="directory to save the preprocessed clips to, or reuse them from when present")
+    p.add_argument("--log-json", type=Path, default=None, help="append the loss log (JSON lines) here (rank 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -55,60 +102,157 @@ def main(argv: list[str] | None = None) -> int:
     except RefAvsError as exc:
         print(f"refavs-train: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        from refavs_ros.training import cleanup_distributed
+
+        cleanup_distributed()
+
+
+def _kind_weights(text: str) -> dict[str, float] | None:
+    if not text.strip():
+        return None
+    out = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--kind-weights entries are KIND=WEIGHT, got {part!r}") from None
+    return out
+
+
+def _data_source(values: list[str]) -> tuple[str, Path | None]:
+    kind = values[0]
+    if kind == "synthetic" and len(values) == 1:
+        return kind, None
+    if kind == "refavs-bench" and len(values) == 2:
+        return kind, Path(values[1])
+    raise ConfigError(f"--data must be 'synthetic' or 'refavs-bench DIR', got {' '.join(values)!r}")
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from refavs_ros import training
-    from refavs_ros.models.checkpoint import save_eemc
+    from refavs_ros.models.checkpoint import load_eemc, save_eemc
     from refavs_ros.models.config import EEMCConfig
     from refavs_ros.models.text import TextEncoder
 
-    torch.set_num_threads(args.threads)
-    cfg = EEMCConfig.profile_named(args.profile)
-    scene_kw = dict(width=args.width, height=args.height, fps=args.fps, duration_sec=args.duration)
     t0 = time.monotonic()
-    sets = {}
-    for split, count in (("train", args.train_count), ("val", args.val_count)):
-        key = f"v2-{split}-{count}-{args.seed}-{cfg.image_size}-" + "-".join(f"{v}" for v in scene_kw.values())
-        cached = args.data_cache / key if args.data_cache is not None else None
+    torch.set_num_threads(args.threads)
+    ctx = training.setup_distributed(args.device)
+    recipe = PROFILE_RECIPES[args.profile]
+    lr = args.lr if args.lr is not None else recipe["lr"]
+    batch_size = args.batch_size if args.batch_size is not None else recipe["batch_size"]
+    frames = args.frames_per_clip if args.frames_per_clip is not None else recipe["frames_per_clip"]
+    source, bench_dir = _data_source(args.data)
+    extra = {} if args.paper_decoder else {"decode_position": True, "memory_token": True}
+    cfg = EEMCConfig.profile_named(args.profile, **extra)
+    init_meta = None
+    if args.init is not None:
+        init_model, init_meta = load_eemc(args.init)
+        cfg = init_model.cfg
+
+    # ---- data: built once per node (local rank 0), cached, loaded by every rank
+    scene_kw = dict(width=args.width, height=args.height, fps=args.fps, duration_sec=args.duration,
+                    noise_prob=args.noise_prob, snr_range_db=tuple(args.snr_range), occlusion_prob=args.occlusion_prob)
+    weights = _kind_weights(args.kind_weights)
+    cache = args.data_cache
+    if cache is None and ctx.distributed:
+        cache = (args.checkpoint_dir or args.out.parent) / "data-cache"
+    sets: dict[str, training.ClipSet] = {}
+    splits = [("train", args.train_count), ("val", args.val_count)] if source == "synthetic" else \
+        [("train", None), ("val", args.val_count if args.val_count else 0)]
+    for split, count in splits:
+        if count == 0:
+            continue
+        if source == "synthetic":
+            tag = json.dumps([scene_kw, weights if split == "train" else None], sort_keys=True)
+            import hashlib
+
+            key = f"v3-{split}-{count}-{args.seed}-{cfg.image_size}-" + hashlib.sha1(tag.encode()).hexdigest()[:10]
+
+            def build(split=split, count=count):
+                return training.build_clips(split, count, args.seed, cfg.image_size, scene_kw, args.workers,
+                                            not args.quiet and ctx.main, weights if split == "train" else None)
+        else:
+            key = f"bench-{split}-{cfg.image_size}-{bench_dir.resolve().as_posix().replace('/', '_')}"
+
+            def build(split=split, count=count):
+                return training.build_bench_clips(bench_dir, split, cfg.image_size, count,
+                                                  not args.quiet and ctx.main)
+        cached = cache / key if cache is not None else None
         if cached is not None and (cached / "clips.json").is_file():
             sets[split] = training.ClipSet.load(cached)
-        else:
-            sets[split] = training.build_clips(split, count, args.seed, cfg.image_size, scene_kw, args.workers, not args.quiet)
-            if cached is not None:
-                sets[split].save(cached)
-    train_set, val_set = sets["train"], sets["val"]
+            continue
+        if cached is None:
+            sets[split] = build()
+            continue
+        if ctx.local_rank == 0:
+            build().save(cached)
+        training.barrier(ctx)
+        sets[split] = training.ClipSet.load(cached)
+    train_set, val_set = sets["train"], sets.get("val")
     encoder = TextEncoder.from_pretrained(cfg.text_model, cfg.max_text_tokens)
-    text = training.encode_expressions(encoder, train_set.expressions + val_set.expressions)
+    text = training.encode_expressions(encoder, train_set.expressions + (val_set.expressions if val_set else []))
     data_minutes = (time.monotonic() - t0) / 60
-    print(f"data: {len(train_set)} train / {len(val_set)} val clips, {len(text)} expressions, {data_minutes:.1f} min")
+    if ctx.main:
+        print(f"data: {len(train_set)} train / {len(val_set) if val_set else 0} val clips, {len(text)} expressions, "
+              f"{data_minutes:.1f} min; {ctx.world} process(es) on {ctx.device}")
 
+    # ---- model and objective
     model = training.build_model(cfg, args.seed)
+    if args.init is not None:
+        model.load_state_dict(init_model.state_dict())
+    from refavs_ros.scenes import CATEGORIES
+
+    num_categories = len(CATEGORIES) if train_set.categories is not None else None
+    objective = training.EEMCObjective(model, num_categories, memory_aux=not args.no_memory_aux and train_set.heard is not None,
+                                       mask_weights=recipe["mask_weights"])
+    dataset = training.ClipDataset(train_set, text, frames or None, args.seed)
+    steps = args.steps if args.steps is not None else recipe["steps"]
+    epochs = args.epochs if args.epochs is not None else (recipe["epochs"] if args.steps is None else None)
+    if epochs is not None:
+        per_epoch = len(train_set) // (ctx.world * batch_size * args.accum_steps)
+        steps = max(1, int(round(epochs * per_epoch)))
+    resume = args.resume
+    if resume == "auto":
+        resume = training.latest_checkpoint(args.checkpoint_dir) if args.checkpoint_dir else None
     command = "refavs-train " + " ".join(shlex.quote(a) for a in argv)
-
-    def checkpoint(step: int) -> None:
-        if args.checkpoint_dir is not None:
-            save_eemc(model, args.checkpoint_dir / f"step{step:06d}.safetensors", {"command": command, "step": str(step)})
-
-    budget = max(1.0, args.max_minutes - data_minutes)
-    log = training.train(
-        model, train_set, text, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        max_minutes=budget, on_checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, progress=not args.quiet,
-        frames=args.frames_per_clip or None,
+    budget = None if args.max_minutes is None else max(1.0, args.max_minutes - data_minutes)
+    opts = training.TrainOptions(
+        steps=steps, batch_size=batch_size, accum_steps=args.accum_steps, lr=lr, weight_decay=args.weight_decay,
+        warmup=args.warmup, seed=args.seed, max_minutes=budget, precision=args.precision,
+        freeze_bn=args.freeze_bn, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+        resume=Path(resume) if resume else None, progress=not args.quiet,
     )
+
+    def on_log(entry: dict) -> None:
+        if args.log_json is not None:
+            args.log_json.parent.mkdir(parents=True, exist_ok=True)
+            with args.log_json.open("a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+
+    log = training.train(objective, dataset, opts, ctx, on_log=on_log, meta={"command": command, "config": cfg.to_dict()})
+    if not ctx.main:
+        return 0
     total = (time.monotonic() - t0) / 60
-    val = training.evaluate_clips(model, val_set, text)
+    model.cpu()
+    val = training.evaluate_clips(model, val_set, text) if val_set is not None else {}
     for kind, r in val.items():
         print(f"val {kind:10s} J {r['J']:.3f}  S {r['S']:.3f}  ({r['n']} clips)")
+    data_desc = {"generator": "refavs_ros.scenes", "train": [args.train_count, args.seed], "val": [args.val_count, args.seed],
+                 "kind_weights": weights, **scene_kw} if source == "synthetic" else {"refavs_bench": str(bench_dir)}
     meta = {
         "command": command,
-        "data": json.dumps({"generator": "refavs_ros.scenes", "train": [args.train_count, args.seed], "val": [args.val_count, args.seed], **scene_kw}),
+        "data": json.dumps(data_desc),
         "train_minutes": f"{total:.1f}",
         "steps": str(log[-1]["step"] if log else 0),
+        "processes": str(ctx.world),
         "val": json.dumps(val),
     }
+    if init_meta is not None:
+        meta["init"] = str(args.init)
     save_eemc(model, args.out, meta)
-    print(f"saved {args.out} after {total:.1f} min ({meta['steps']} steps logged)")
+    print(f"saved {args.out} after {total:.1f} min ({meta['steps']} steps)")
     return 0
 
 

@@ -139,7 +139,7 @@ class ClipSet:
             shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
-    def load(cls, directory: Path) -> "ClipSet":
+    def load(cls, directory: Path) -> ClipSet:
         """Read a set written by :meth:`save` (arrays memory-mapped)."""
         directory = Path(directory)
         texts = json.loads((directory / "clips.json").read_text())
@@ -289,7 +289,6 @@ def build_bench_clips(root: str | Path, split: str, size: int, limit: int | None
         InputError: missing or unreadable files (named), or no rows in the split.
     """
     from refavs_ros.engines.eemc import preprocess_image
-
     from refavs_ros.eval.dataset import FRAMES_PER_CLIP, RefAvsBench
 
     bench = RefAvsBench(root)
@@ -977,6 +976,126 @@ def train(
         save_checkpoint(Path(opts.checkpoint_dir) / f"step{step:06d}.pt", ctx, state_now())
     objective.eval()
     return log
+
+
+# ------------------------------------------------------------------- official model (--init)
+
+OFFICIAL_TRAINABLE = ("audio_proj", "text_proj", "prompt_proj", "avs_adapt", "ref_avs_attn")
+"""Parameter-name parts the released code trains (``configs/config.py`` ``train_params``); the
+Swin backbone, Mask2Former and the three fusion attentions stay frozen."""
+
+
+def build_official_bench_clips(root: str | Path, split: str, parts, limit: int | None = None,
+                               progress: bool = True) -> tuple[ClipSet, dict]:
+    """Ref-AVS Bench rows encoded for the published model (fine-tuning with ``--profile official``).
+
+    Per video: the image processor's normalised frames (stored float16, ``images`` (V, 10, 3,
+    H, W)) and the frozen VGGish embeddings of the 10 s (``mels`` holds them, (V, 10, 128),
+    cropped or edge-padded to 10); per row: the 256 x 256 ground truth and the frozen
+    DistilRoBERTa hidden states (returned as the text dict, mask all ones: the released code
+    passes no attention mask). Same loaders as ``refavs-eval-bench``
+    (:func:`refavs_ros.tools.eval_bench.clip_inputs`).
+
+    Args:
+        root: the data directory. split: a ``metadata.csv`` split. parts:
+            :class:`refavs_ros.models.official_loaders.OfficialComponents`.
+        limit: first rows only. progress: tqdm bar.
+
+    Returns:
+        (clip set, {expression: (hidden float32 (25, 768), mask float32 (25,))}).
+
+    Raises:
+        InputError: missing media or no rows.
+    """
+    from refavs_ros.eval.dataset import FRAMES_PER_CLIP, RefAvsBench
+    from refavs_ros.tools.eval_bench import clip_inputs
+
+    bench = RefAvsBench(root)
+    entries = bench.entries(split, limit)
+    if not entries:
+        raise InputError(f"Ref-AVS Bench split {split!r} under {root} has no rows")
+    folders: dict[str, int] = {}
+    images, embeddings, video, masks = [], [], [], []
+    text: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for e in tqdm(entries, desc=f"bench {split} (official)", disable=not progress):
+        inputs = clip_inputs(bench, e, parts)
+        if e.folder not in folders:
+            folders[e.folder] = len(folders)
+            images.append(inputs.pixel_values.cpu().numpy().astype(np.float16))
+            emb = inputs.audio.cpu().numpy()
+            emb = emb[:FRAMES_PER_CLIP] if emb.shape[0] >= FRAMES_PER_CLIP else np.concatenate(
+                [emb, np.repeat(emb[-1:], FRAMES_PER_CLIP - emb.shape[0], axis=0)])
+            embeddings.append(emb.astype(np.float16))
+        video.append(folders[e.folder])
+        masks.append(inputs.gt.astype(np.uint8))
+        hidden = inputs.text.cpu().numpy().astype(np.float32)
+        text[e.expression] = (hidden, np.ones(hidden.shape[0], np.float32))
+    clips = ClipSet(
+        images=np.stack(images), mels=np.stack(embeddings), masks=np.stack(masks),
+        present=np.array([0.0 if e.is_null else 1.0 for e in entries], np.float32),
+        expressions=[e.expression for e in entries], kinds=["bench-null" if e.is_null else "bench" for e in entries],
+        video=np.asarray(video, np.int64),
+    )
+    return clips, text
+
+
+class OfficialObjective(nn.Module):
+    """Fine-tuning objective of the published model (``OfficialEEMC``), as the released code trains it.
+
+    Only :data:`OFFICIAL_TRAINABLE` parameters get gradients. Loss per clip: ``w_bce * BCE +
+    w_dice * dice`` of the query-weighted 256 x 256 logits against the ground truth (released
+    ``REFAVS_Model_Base.forward``: BCE only, i.e. weights (1, 0)). All 10 frames of a clip are
+    used (the released fusion attends across the clip).
+
+    Args:
+        model: the published model (e.g. ``load_official(...).model``).
+        mask_weights: (w_bce, w_dice).
+    """
+
+    def __init__(self, model: nn.Module, mask_weights: tuple[float, float] = (1.0, 0.0)) -> None:
+        super().__init__()
+        self.model = model
+        self.mask_weights = tuple(float(w) for w in mask_weights)
+        for name, p in model.named_parameters():
+            p.requires_grad_(any(part in name for part in OFFICIAL_TRAINABLE))
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of a :class:`ClipDataset` batch of :func:`build_official_bench_clips` clips."""
+        logits = self.model.forward_batch(batch["images"].float(), batch["mels"].float(), batch["hidden"].float())
+        logits = logits.float()
+        b, t = logits.shape[:2]
+        target = batch["masks"].float()
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((2, 3)).mean(1)
+        dice = dice_loss(logits.flatten(0, 1), target.flatten(0, 1)).view(b, t).mean(1)
+        w_bce, w_dice = self.mask_weights
+        per_clip = w_bce * bce + w_dice * dice
+        return per_clip.mean(), {"bce": bce.detach().mean(), "dice": dice.detach().mean(),
+                                 "null": logits.new_zeros(())}
+
+
+@torch.no_grad()
+def evaluate_official(model: nn.Module, clips: ClipSet, text: dict) -> dict[str, dict[str, float]]:
+    """Per-frame J (non-null rows) and S (null rows) of the published model on encoded clips
+    (:func:`build_official_bench_clips`), one clip at a time (batch 1, as deployed)."""
+    from refavs_ros.eval import metrics
+
+    model.eval()
+    device = next(model.parameters()).device
+    ds = ClipDataset(clips, text)
+    out: dict[str, list[float]] = defaultdict(list)
+    s_vals: dict[str, list[float]] = defaultdict(list)
+    for i in range(len(ds)):
+        item = ds[i]
+        logits = model.forward_batch(item["images"][None].float().to(device), item["mels"][None].to(device),
+                                     item["hidden"][None].to(device))[0]
+        prob = logits.float().sigmoid().cpu().numpy()
+        gt = item["masks"].numpy() > 0.5
+        kind = clips.kinds[i]
+        out[kind].append(float(np.mean([metrics.jaccard(p, g) for p, g in zip(prob, gt)])))
+        if clips.present[i] < 0.5:
+            s_vals[kind].append(float(np.mean([metrics.s_score(p) for p in prob])))
+    return {k: {"J": float(np.mean(v)), "S": float(np.mean(s_vals[k])) if s_vals[k] else float("nan"), "n": len(v)}
+            for k, v in sorted(out.items())}
 
 
 def build_model(cfg: EEMCConfig, seed: int) -> EEMC:

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 from refavs_ros.errors import ConfigError
-from refavs_ros.scenes import CATEGORIES, SceneConfig, generate_scene, kind_for
-from refavs_ros.scenes import noise, occlusion
+from refavs_ros.scenes import (
+    CATEGORIES,
+    SceneConfig,
+    generate_scene,
+    kind_for,
+    noise,
+    occlusion,
+)
 from refavs_ros.scenes.catalog import CATEGORY_SPECS
 from refavs_ros.scenes.render import object_masks, object_sprite, render_frames
 

@@ -17,8 +17,8 @@ from refavs_ros.models.text import TextEncoder
 SCENE_KW = dict(width=64, height=48, fps=1.0, duration_sec=4.0, media="procedural", noise_prob=0.5,
                 occlusion_prob=0.5)
 STEPS, B = 3, 2
-TOLERANCE = 5e-5
-"""Largest allowed parameter difference after 3 AdamW steps at lr 1e-3 (5 % of one step's
+TOLERANCE = 3e-5
+"""Largest allowed parameter difference after 3 AdamW steps at lr 1e-3 (3 % of one step's
 largest move): float32 summation order differs between one batch of 2B and two all-reduced
 batches of B, and Adam's normalisation can amplify it for near-zero gradients (observed 6.8e-6
 on the 2-core development VM)."""
@@ -86,7 +86,7 @@ def test_two_gloo_ranks_equal_one_process_with_twice_the_batch(tiny_cfg, data):
     moved = max(float((a - b).abs().max()) for a, b in zip(single.state_dict().values(),
                                                           _objective(tiny_cfg).state_dict().values())
                 if a.is_floating_point())
-    assert moved > 100 * TOLERANCE  # the comparison is not vacuous: training changed the weights
+    assert moved > 30 * TOLERANCE  # the comparison is not vacuous: training changed the weights
 
 
 def test_resumed_run_continues_the_same_loss_curve(tiny_cfg, data, tmp_path):

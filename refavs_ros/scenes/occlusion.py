@@ -27,7 +27,13 @@ import numpy as np
 
 from refavs_ros.scenes.catalog import CATEGORIES, COLOURS, SIZE_RANGES, is_held_out_pair
 from refavs_ros.scenes.config import SceneConfig
-from refavs_ros.scenes.planner import ObjectPlan, ScenePlan, _half_extent, derive_seed, frame_times
+from refavs_ros.scenes.planner import (
+    ObjectPlan,
+    ScenePlan,
+    _half_extent,
+    derive_seed,
+    frame_times,
+)
 
 BAR_SHADES: dict[str, tuple[int, int, int]] = {
     "wood": (120, 86, 52),

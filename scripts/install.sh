@@ -4,15 +4,28 @@
 #      and PortAudio for the microphone node -- skipped with a warning without root/sudo;
 #   2. a virtual environment in .venv (PEP 668 systems refuse system-wide pip installs);
 #   3. torch FIRST (so no CUDA build is pulled where none is wanted), then this package with its
-#      test extras.
+#      test extras;
+#   4. ROS 2 for refavs_node and its tests (docs/ros.md, "ROS 2 without a ROS installation"):
+#      the pinned ROS 2 Jazzy wheels from PyPI (setup.py extras "ros", "ros-build", exact versions
+#      in scripts/ros/jazzy-constraints.txt), then vision_msgs / audio_common_msgs bindings
+#      generated from msg/ with colcon (scripts/ros/interfaces.py, cached in .venv/ros_interfaces).
+#      With a sourced ROS 2 (ROS_DISTRO set and rclpy importable) that ROS is used instead: no
+#      wheels, and only the interface packages it lacks are built.
 # Environment: REFAVS_VENV (default .venv), REFAVS_TORCH (default "torch==2.13.0"; on a CUDA
-# machine or a Jetson install the torch build you want first and set REFAVS_TORCH="").
+# machine or a Jetson install the torch build you want first and set REFAVS_TORCH=""),
+# REFAVS_ROS: "auto" (default; a failed ROS step only warns, the ROS tests then skip with the
+# reason), "1" (a failed ROS step fails the install; .ci/run), "0" (no ROS step).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${REFAVS_VENV:-.venv}"
 torch_req="${REFAVS_TORCH-torch==2.13.0}"
+ros="${REFAVS_ROS:-auto}"
+case "$ros" in auto|0|1) ;; *) echo "install.sh: REFAVS_ROS must be auto, 0 or 1, got '$ros'" >&2; exit 2;; esac
 
 apt_pkgs="espeak-ng sox sound-theme-freedesktop libportaudio2"
+if [ "$ros" != 0 ]; then
+  apt_pkgs="$apt_pkgs cmake g++ python3-dev"   # the colcon build of the interface packages
+fi
 if command -v apt-get >/dev/null 2>&1; then
   missing=$(for p in $apt_pkgs; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
   if [ -n "$missing" ]; then
@@ -35,4 +48,45 @@ if [ -n "$torch_req" ]; then
   "$py" -m pip install -q "$torch_req"
 fi
 "$py" -m pip install -q -e ".[test,mic]"
-echo "install.sh: ready ($("$py" -c 'import torch, refavs_ros; print("refavs_ros", refavs_ros.__version__, "torch", torch.__version__)'))"
+echo "install.sh: venv, torch and refavs_ros ready after ${SECONDS} s"
+
+# ROS 2 step (4.): prints its stage times; returns non-zero on failure
+ros_setup() {
+  local t0 reqs
+  if [ "$ros_mode" = wheels ]; then
+    t0=$SECONDS
+    # the requirements of setup.py's "ros" and "ros-build" extras, pinned by the constraints file
+    mapfile -t reqs < <("$py" - <<'PY'
+import importlib.metadata as md
+for req in md.requires("refavs_ros") or []:
+    spec, _, marker = req.partition(";")
+    if marker.replace("'", '"').replace(" ", "") in ('extra=="ros"', 'extra=="ros-build"'):
+        print(spec.strip())
+PY
+)
+    [ "${#reqs[@]}" -gt 0 ] || { echo "install.sh: setup.py has no ros extras" >&2; return 1; }
+    "$py" -m pip install -q -c scripts/ros/jazzy-constraints.txt "${reqs[@]}" || return 1
+    echo "install.sh: ROS 2 Jazzy wheels ready after $((SECONDS - t0)) s"
+  fi
+  t0=$SECONDS
+  "$py" scripts/ros/interfaces.py --mode "$ros_mode" || return 1
+  echo "install.sh: ROS 2 interface packages ready after $((SECONDS - t0)) s"
+}
+
+ros_mode=none
+if [ "$ros" != 0 ]; then
+  if [ -n "${ROS_DISTRO:-}" ] && "$py" -c "import rclpy" >/dev/null 2>&1; then
+    ros_mode=system   # a sourced ROS 2 provides rclpy: use it, install no wheels
+  else
+    ros_mode=wheels
+  fi
+  if ! ros_setup; then
+    if [ "$ros" = 1 ]; then
+      echo "install.sh: the ROS 2 set-up failed (REFAVS_ROS=1)" >&2
+      exit 1
+    fi
+    echo "install.sh: warning: the ROS 2 set-up failed; the ROS tests will skip (REFAVS_ROS=0 skips this step)" >&2
+    ros_mode=failed
+  fi
+fi
+echo "install.sh: ready in ${SECONDS} s ($("$py" -c 'import torch, refavs_ros; print("refavs_ros", refavs_ros.__version__, "torch", torch.__version__, end="")'), ROS 2: $ros_mode)"

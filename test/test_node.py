@@ -245,6 +245,11 @@ def test_bad_messages_are_dropped_and_the_node_keeps_working(make_harness) -> No
     bad = conversions.array_to_image(np.zeros((4, 4), np.uint8), "mono8", stamp_ns=4_000_000_000_000, factory=FACTORY)
     bad.encoding = "32FC7"  # unsupported
     h.image_pub.publish(bad)
+    # the node keeps only the newest image: let it take the bad one before a good one replaces it
+    assert h.diagnostics.wait_for(
+        lambda items: any(kv.key == "bad messages dropped" and int(kv.value) >= 1
+                          for arr in items for st in arr.status for kv in st.values)
+    )
     broken_audio = conversions.array_to_audio_stamped(np.zeros(160, np.int16), 16000, 3_999_000_000_000, factory=FACTORY)
     broken_audio.audio.info.format = 99  # not a PortAudio format
     h.audio_pub.publish(broken_audio)
@@ -339,6 +344,30 @@ def test_node_and_replay_publish_identical_masks(make_harness, tmp_path) -> None
         assert (mine.height, mine.width, mine.encoding) == (theirs.height, theirs.width, theirs.encoding)
         np.testing.assert_array_equal(conversions.image_to_array(mine), conversions.image_to_array(theirs))
     assert sum(bool(conversions.image_to_array(m).any()) for m in replayed) >= len(replayed) // 2  # target found
+
+
+def test_empty_and_24_bit_audio_do_not_stop_the_node(make_harness) -> None:
+    """Issue 8: a 0-sample AudioStamped or one with info.format = paInt24 (4) used to end the
+    process (AttributeError: 'AudioData' object has no attribute 'int24_data')."""
+    h = make_harness()
+    assert h.node.bring_up()
+    h.send_command("the dog")
+    assert h.wait_subscribed("audio")
+    stamp = 5_000_000_000_000
+    empty = conversions.array_to_audio_stamped(np.zeros(0, np.int16), 16000, stamp - 900_000_000, factory=FACTORY)
+    h.audio_pub.publish(empty)  # 0 samples: dropped with a reason
+    ragged = conversions.array_to_audio_stamped(np.zeros(100, np.uint8), 16000, stamp - 800_000_000, factory=FACTORY)
+    ragged.audio.info.format = 4  # paInt24, 100 bytes: not whole 3-byte samples
+    h.audio_pub.publish(ragged)
+    packed = conversions.array_to_audio_stamped(np.zeros(300, np.uint8), 16000, stamp - 700_000_000, factory=FACTORY)
+    packed.audio.info.format = 4  # paInt24, 100 packed samples: accepted
+    h.audio_pub.publish(packed)
+    h.send_frame(stamp)
+    assert h.masks.wait_for(lambda items: any(_stamp(m) == stamp for m in items)), "node stopped"
+    assert h.diagnostics.wait_for(
+        lambda items: any(kv.key == "bad messages dropped" and int(kv.value) >= 2
+                          for arr in items for st in arr.status for kv in st.values)
+    )
 
 
 def test_lifecycle_transitions_create_and_drop_entities(make_harness) -> None:

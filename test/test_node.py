@@ -354,12 +354,13 @@ def test_empty_and_24_bit_audio_do_not_stop_the_node(make_harness) -> None:
     h.send_command("the dog")
     assert h.wait_subscribed("audio")
     stamp = 5_000_000_000_000
-    empty = conversions.array_to_audio_stamped(np.zeros(0, np.int16), 16000, stamp - 900_000_000, factory=FACTORY)
+    start = stamp - 3_000_000_000  # before the audio send_frame publishes (stamp - 1 s .. stamp)
+    empty = conversions.array_to_audio_stamped(np.zeros(0, np.int16), 16000, start, factory=FACTORY)
     h.audio_pub.publish(empty)  # 0 samples: dropped with a reason
-    ragged = conversions.array_to_audio_stamped(np.zeros(100, np.uint8), 16000, stamp - 800_000_000, factory=FACTORY)
+    ragged = conversions.array_to_audio_stamped(np.zeros(100, np.uint8), 16000, start + 100_000_000, factory=FACTORY)
     ragged.audio.info.format = 4  # paInt24, 100 bytes: not whole 3-byte samples
     h.audio_pub.publish(ragged)
-    packed = conversions.array_to_audio_stamped(np.zeros(300, np.uint8), 16000, stamp - 700_000_000, factory=FACTORY)
+    packed = conversions.array_to_audio_stamped(np.zeros(300, np.uint8), 16000, start + 200_000_000, factory=FACTORY)
     packed.audio.info.format = 4  # paInt24, 100 packed samples: accepted
     h.audio_pub.publish(packed)
     h.send_frame(stamp)
@@ -368,6 +369,10 @@ def test_empty_and_24_bit_audio_do_not_stop_the_node(make_harness) -> None:
         lambda items: any(kv.key == "bad messages dropped" and int(kv.value) >= 2
                           for arr in items for st in arr.status for kv in st.values)
     )
+    values = {kv.key: kv.value for arr in h.diagnostics.items for st in arr.status for kv in st.values}
+    assert values.get("rejected audio: empty audio") == "1"
+    assert values.get("rejected audio: data length") == "1"
+    assert values.get("bad messages dropped") == "2"  # the packed 24-bit chunk was accepted
 
 
 def test_lifecycle_transitions_create_and_drop_entities(make_harness) -> None:

@@ -24,7 +24,6 @@ from rclpy.qos import qos_profile_sensor_data
 
 from refavs_ros.errors import RefAvsError
 from refavs_ros.node.capture import MicrophoneCapture, load_sounddevice
-from refavs_ros.node.params import import_audio_class
 from refavs_ros.rosio import conversions
 
 NODE_NAME = "audio_capture_node"
@@ -63,7 +62,7 @@ class AudioCaptureNode(Node):
                                               integer_range=[IntegerRange(from_value=16, to_value=65536, step=1)])).value
         self._frame_id = self.declare_parameter(
             "frame_id", "microphone", ParameterDescriptor(description="header.frame_id", read_only=True)).value
-        audio_stamped = import_audio_class("AudioStamped")  # clear error if mgonzs13 msgs are missing
+        audio_stamped = conversions.import_audio_class("AudioStamped")  # clear error if mgonzs13 msgs are missing
         self._factory = conversions.ClassFactory.importing()
         self._pub = self.create_publisher(audio_stamped, "audio", qos_profile_sensor_data)
         sd = sounddevice_module if sounddevice_module is not None else load_sounddevice()

@@ -8,7 +8,13 @@ import pytest
 
 from refavs_ros.engines.eemc import preprocess_image
 from refavs_ros.errors import ConfigError
-from refavs_ros.predictor import Prediction, PredictorConfig, StreamingPredictor, decode_mask, mask_bbox
+from refavs_ros.predictor import (
+    Prediction,
+    PredictorConfig,
+    StreamingPredictor,
+    decode_mask,
+    mask_bbox,
+)
 
 CFG = PredictorConfig()
 

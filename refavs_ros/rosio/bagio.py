@@ -16,6 +16,10 @@ topic                       type                             content
 ``/refavs/command``         ``std_msgs/String``              the referring expression, at the start
 ``/refavs/gt_mask``         ``sensor_msgs/Image``            mono8 0/255, same header as the frame
 ``/refavs/scene_info``      ``std_msgs/String``              JSON of ``scene.info()``, at the start
+``/camera/depth/image_raw`` ``sensor_msgs/Image``            scenes with depth only: 16UC1 mm registered
+                                                             to the colour image, same header
+``/camera/camera_info``     ``sensor_msgs/CameraInfo``       scenes with depth only: the colour camera's
+                                                             intrinsics, same header as the frame
 =========================== ================================ =========================================
 
 Messages are written with the receive timestamp (rosbag2 "log time") equal to their header stamp;
@@ -47,7 +51,7 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import TypesysError
 
 from refavs_ros.errors import BagError, InputError
-from refavs_ros.rosio import conversions, msgs
+from refavs_ros.rosio import conversions, msgs, rgbd
 
 TOPIC_IMAGE = "/camera/image_raw"
 TOPIC_AUDIO = "/audio"
@@ -57,6 +61,12 @@ TOPIC_SCENE_INFO = "/refavs/scene_info"
 TOPIC_MASK = "/refavs/mask"
 TOPIC_DETECTIONS = "/refavs/detections"
 TOPIC_ACTIVE_COMMAND = "/refavs/active_command"
+TOPIC_DEPTH = "/camera/depth/image_raw"
+TOPIC_CAMERA_INFO = "/camera/camera_info"
+TOPIC_TARGET_POINT = "/refavs/target_point"
+TOPIC_GOAL_POSE = "/refavs/goal_pose"
+TOPIC_DETECTIONS_3D = "/refavs/detections_3d"
+TOPIC_MARKER = "/refavs/debug/marker"
 
 CAMERA_FRAME = "camera"
 AUDIO_FRAME = "microphone"
@@ -221,7 +231,9 @@ def write_scene_bag(
         scene: a :class:`refavs_ros.scenes.Scene` (duck-typed): ``frames`` uint8 (T, H, W, 3)
             RGB, ``frame_stamps_ns`` int64 (T,), ``audio`` int16 (N,) at 16 kHz mono,
             ``audio_start_ns`` int, ``gt_masks`` bool (T, H, W), ``expression`` str and
-            ``info()`` -> JSON-able dict.
+            ``info()`` -> JSON-able dict; optionally ``depth`` (a
+            :class:`refavs_ros.scenes.depth.DepthScene` or None: ``depth_mm`` uint16 (T, Hd, Wd)
+            and ``camera``), written as ``/camera/depth/image_raw`` and ``/camera/camera_info``.
         path: bag directory to create.
         storage: ``"mcap"`` (default) or ``"sqlite3"``.
         overwrite: replace an existing bag at ``path``.
@@ -245,6 +257,9 @@ def write_scene_bag(
         raise InputError(f"scene.gt_masks has shape {masks.shape}, expected {frames.shape[:3]}")
     if audio.ndim != 1 or audio.dtype != np.int16:
         raise InputError(f"scene.audio must be int16 (N,) at 16 kHz mono, got {audio.dtype} {audio.shape}")
+    depth = getattr(scene, "depth", None)
+    if depth is not None and np.asarray(depth.depth_mm).shape[0] != frames.shape[0]:
+        raise InputError(f"scene.depth.depth_mm has {np.asarray(depth.depth_mm).shape[0]} frames, expected {frames.shape[0]}")
     info = scene.info()
     audio_start = int(scene.audio_start_ns)
     start = min(int(stamps.min()) if stamps.size else audio_start, audio_start)
@@ -268,6 +283,9 @@ def write_scene_bag(
                 image = conversions.array_to_image(frames[payload], "rgb8", header=header)
                 bag.write(TOPIC_IMAGE, msgs.IMAGE, image, stamp)
                 bag.write(TOPIC_GT_MASK, msgs.IMAGE, conversions.mask_to_image(masks[payload], header), stamp)
+                if depth is not None:
+                    bag.write(TOPIC_DEPTH, msgs.IMAGE, rgbd.depth_to_image(depth.depth_mm[payload], header), stamp)
+                    bag.write(TOPIC_CAMERA_INFO, msgs.CAMERA_INFO, rgbd.camera_info_message(depth.camera, header), stamp)
     return path
 
 

@@ -8,7 +8,8 @@ repository's ``msg/`` folder and registered here at run time (rosbags ``get_type
 * ``msg/audio_common_msgs/*.msg``: mgonzs13/audio_common 4.x (``AudioStamped`` with typed sample
   arrays and a PortAudio format code; field for field upstream's, see ``msg/README.md``), the
   audio type this project records and plays;
-* ``msg/vision_msgs/*.msg``: vision_msgs 4.x (Humble, Jazzy) ``Detection2DArray`` and its parts;
+* ``msg/vision_msgs/*.msg``: vision_msgs 4.x (Humble, Jazzy) ``Detection2DArray``,
+  ``Detection3DArray`` and their parts;
 * ``msg/ros-drivers/audio_common_msgs/*.msg``: ros-drivers/audio_common ``AudioData`` (raw bytes)
   and ``AudioDataStamped``. They share the package name ``audio_common_msgs`` with the mgonzs13
   types but define ``AudioData`` differently, so they live in a separate store variant
@@ -75,6 +76,13 @@ OBJECT_HYPOTHESIS = "vision_msgs/msg/ObjectHypothesis"
 BOUNDING_BOX2D = "vision_msgs/msg/BoundingBox2D"
 POSE2D = "vision_msgs/msg/Pose2D"
 POINT2D = "vision_msgs/msg/Point2D"
+DETECTION3D_ARRAY = "vision_msgs/msg/Detection3DArray"
+DETECTION3D = "vision_msgs/msg/Detection3D"
+BOUNDING_BOX3D = "vision_msgs/msg/BoundingBox3D"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+POINT_STAMPED = "geometry_msgs/msg/PointStamped"
+POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
+MARKER = "visualization_msgs/msg/Marker"
 
 # PortAudio sample formats used by mgonzs13 AudioInfo.format (portaudio.h paFloat32 ...).
 # Upstream AudioData has no array for paInt24; conversions reads it from uint8_data (packed).

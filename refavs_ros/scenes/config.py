@@ -42,6 +42,11 @@ class SceneConfig:
     The scene content (objects, sounds, expression) does not depend on the noise or occlusion
     fields: they add a noise track / an occluder on top of the same scene, from random streams
     of their own.
+        depth: also render a registered depth image per frame, the camera intrinsics and the
+            target's 3-D centroid (:mod:`refavs_ros.scenes.depth`).
+        hfov_deg: horizontal field of view (degrees, 20..120) of the pinhole camera that gives
+            the depth its intrinsics.
+        depth_scale: depth image size / colour image size, (0, 1] (e.g. 0.5: half resolution).
     """
 
     width: int = 320
@@ -56,6 +61,9 @@ class SceneConfig:
     snr_range_db: tuple[float, float] = (0.0, 20.0)
     occlusion_prob: float = 0.0
     occlusion_range: tuple[float, float] = (0.25, 0.6)
+    depth: bool = False
+    hfov_deg: float = 60.0
+    depth_scale: float = 1.0
 
     @property
     def num_frames(self) -> int:
@@ -120,6 +128,12 @@ def validate_config(config: SceneConfig) -> SceneConfig:
                 or not lo <= v[0] <= v[1] <= hi):
             raise ConfigError(f"SceneConfig.{name} must be a tuple (low, high) with {lo} <= low <= high <= {hi}, "
                               f"got {v!r}")
+    if not isinstance(config.depth, bool):
+        raise ConfigError(f"SceneConfig.depth must be a bool, got {config.depth!r}")
+    if not isinstance(config.hfov_deg, (int, float)) or not 20.0 <= config.hfov_deg <= 120.0:
+        raise ConfigError(f"SceneConfig.hfov_deg must be in 20..120 degrees, got {config.hfov_deg!r}")
+    if not isinstance(config.depth_scale, (int, float)) or not 0.0 < config.depth_scale <= 1.0:
+        raise ConfigError(f"SceneConfig.depth_scale must be in (0, 1], got {config.depth_scale!r}")
     return config
 
 

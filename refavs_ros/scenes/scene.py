@@ -10,6 +10,7 @@ from refavs_ros.scenes.catalog import held_out_pairs_in
 from refavs_ros.scenes.config import SceneConfig
 from refavs_ros.scenes.noise import scene_snr
 from refavs_ros.scenes.occlusion import occlude
+from refavs_ros.scenes.depth import DepthScene, render_depth
 from refavs_ros.scenes.planner import ScenePlan, derive_seed, plan_scene
 from refavs_ros.scenes.render import pitch_factor, render_audio, render_frames
 
@@ -41,6 +42,8 @@ class Scene:
             when an object is occluded).
         instance_map: int8 (T, H, W): index into ``objects`` of the object visible at each
             pixel, -1 for background (training supervision; not written to bags).
+        depth: registered depth, intrinsics and the target's 3-D centroid when the config asks
+            for depth (:class:`refavs_ros.scenes.depth.DepthScene`), else None.
     """
 
     scene_id: str
@@ -58,6 +61,7 @@ class Scene:
     sample_rate: int = 16000
     meta: dict = field(default_factory=dict)
     instance_map: np.ndarray | None = None
+    depth: DepthScene | None = None
 
     def info(self) -> dict:
         """JSON-serialisable summary (no arrays).
@@ -155,11 +159,17 @@ def render_plan(plan: ScenePlan, config: SceneConfig) -> Scene:
         meta["ambient"] = {"snr_db": float(snr_db), "components": ambient}
     if occlusion is not None:
         meta["occlusion"] = occlusion
+    depth = None
+    if config.depth:
+        depth = render_depth(plan, config, frames, owner, occlusion)
+        for obj, z, size in zip(objects, depth.object_depths_m, depth.object_sizes_m):
+            obj["depth_m"], obj["size_m"] = z, size
+        meta.update(depth.info())
     return Scene(scene_id=plan.scene_id, split=plan.split, kind=plan.kind, expression=plan.expression,
                  frames=frames, frame_stamps_ns=stamps.astype(np.int64), audio=audio,
                  audio_start_ns=int(config.start_ns), gt_masks=gt, target=plan.target, objects=objects,
                  variant=plan.variant, sample_rate=int(config.sample_rate), meta=meta,
-                 instance_map=owner)
+                 instance_map=owner, depth=depth)
 
 
 def generate_scene(split: str, index: int, seed: int = 0, config: SceneConfig = SceneConfig()) -> Scene:

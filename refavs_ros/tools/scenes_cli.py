@@ -4,6 +4,7 @@ Example::
 
     refavs-scenes bags/test-seen --split test-seen --count 100 --seed 0
     refavs-scenes /tmp/small --split train --count 2 --width 128 --height 128 --fps 1 --storage sqlite3
+    refavs-scenes bags/rgbd --split test-seen --count 20 --depth     # + depth and camera info
 
 Each scene goes to ``OUT_DIR/<scene_id>/`` (topics: see :mod:`refavs_ros.rosio.bagio`).
 """
@@ -48,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", default=None,
                    help="comma-separated expression kinds to keep (scenes of other kinds are skipped, "
                         "--count counts kept scenes; default: all)")
+    p.add_argument("--depth", action="store_true",
+                   help="also write a registered depth image (/camera/depth/image_raw, 16UC1 mm) and "
+                        "/camera/camera_info per frame, and the target's 3-D centroid in the scene info")
+    p.add_argument("--hfov", type=float, default=60.0,
+                   help="horizontal field of view of the depth camera in degrees (default 60)")
+    p.add_argument("--depth-scale", type=float, default=1.0,
+                   help="depth image size / colour image size, (0, 1] (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace bags that already exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -78,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     from refavs_ros.scenes.config import validate_config
 
     config = SceneConfig(width=args.width, height=args.height, fps=args.fps, duration_sec=args.duration,
-                         media=args.media, snr_db=args.snr_db, occlusion_prob=args.occlusion)
+                         media=args.media, snr_db=args.snr_db, occlusion_prob=args.occlusion,
+                         depth=args.depth, hfov_deg=args.hfov, depth_scale=args.depth_scale)
     out = Path(args.out_dir)
     kinds: Counter[str] = Counter()
     t0 = time.perf_counter()
@@ -108,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mix = ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())) or "none"
     print(f"refavs-scenes: wrote {len(indices)} {args.split} scene bags ({args.storage}, {args.width}x{args.height}, "
-          f"{args.fps:g} fps, {args.duration:g} s; {mix}) to {out} in {time.perf_counter() - t0:.1f} s")
+          f"{args.fps:g} fps, {args.duration:g} s{', depth' if args.depth else ''}; {mix}) to {out} in "
+          f"{time.perf_counter() - t0:.1f} s")
     return 0
 
 

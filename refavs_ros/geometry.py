@@ -67,6 +67,8 @@ class UnknownReason(str, enum.Enum):
     """The depth image nearest the colour frame is more than ``max_depth_skew_sec`` away."""
     TOO_FEW_VALID = "too_few_valid_depth"
     """Fewer than ``min_valid_pixels`` valid depth pixels inside the mask."""
+    BAD_DEPTH = "bad_depth_message"
+    """The paired depth image or camera info could not be decoded (counted as a rejection)."""
 
 
 # ------------------------------------------------------------------------------ intrinsics
@@ -659,13 +661,21 @@ class StampPairer(Generic[T]):
         """The newest buffered item, or None."""
         return self._items[-1][1] if self._items else None
 
-    def match(self, stamp_ns: int) -> Pairing[T]:
-        """The buffered item nearest ``stamp_ns`` (ties: the later one) if within the skew."""
+    def match(self, stamp_ns: int, max_skew_sec: float | None = None) -> Pairing[T]:
+        """The buffered item nearest ``stamp_ns`` (ties: the later one) if within the skew.
+
+        Args:
+            stamp_ns: stamp of the colour frame (ns).
+            max_skew_sec: overrides the constructor's ``max_skew_sec`` (s) for this call;
+                ``float("inf")`` accepts any age (e.g. for a camera info, whose calibration
+                does not age).
+        """
         if not self._items:
             return Pairing(None, UnknownReason.NO_DEPTH, float("nan"))
         best_stamp, best = min(self._items, key=lambda it: (abs(it[0] - int(stamp_ns)), -it[0]))
         skew = best_stamp - int(stamp_ns)
-        if abs(skew) > self.max_skew_ns:
+        limit = self.max_skew_ns if max_skew_sec is None else float(max_skew_sec) * 1e9
+        if abs(skew) > limit:
             return Pairing(None, UnknownReason.DEPTH_TOO_OLD, skew * 1e-9)
         return Pairing(best, None, skew * 1e-9)
 

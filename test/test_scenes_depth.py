@@ -15,6 +15,7 @@ from refavs_ros.geometry import (
     UnknownReason,
     locate_target,
 )
+from refavs_ros.node.depth import camera_intrinsics
 from refavs_ros.rosio import bagio, msgs, rgbd
 from refavs_ros.rosio.conversions import make_header
 from refavs_ros.scenes import SceneConfig, generate_scene
@@ -120,7 +121,7 @@ def test_bag_has_depth_and_camera_info(tmp_path):
     arr = rgbd.depth_image_to_array(depth[3].message)
     assert arr.shape == (120, 160)
     np.testing.assert_array_equal(arr, scene.depth.depth_mm[3])
-    cam = rgbd.intrinsics_from_camera_info(infos[0].message)
+    cam = camera_intrinsics(infos[0].message)
     assert cam == scene.depth.camera and (cam.width, cam.height) == (320, 240)
     with bagio.BagReader(path) as reader:
         info = json.loads(reader.first_message(bagio.TOPIC_SCENE_INFO).message.data)
@@ -150,18 +151,18 @@ def test_camera_info_round_trip_binning_roi_uncalibrated():
     cam = CameraIntrinsics.from_k([600.0, 0, 330.0, 0, 610.0, 250.0, 0, 0, 1], 640, 480,
                                   distortion_model="plumb_bob", d=[0.1, -0.05, 0, 0, 0.01])
     info = cdr(rgbd.camera_info_message(cam, make_header(1, "cam")), msgs.CAMERA_INFO)
-    assert rgbd.intrinsics_from_camera_info(info) == cam
+    assert camera_intrinsics(info) == cam
     assert list(info.p[:3]) == [600.0, 0.0, 330.0]
     binned = SimpleNamespace(k=info.k, d=info.d, distortion_model="plumb_bob", width=640, height=480,
                              binning_x=2, binning_y=2, roi=SimpleNamespace(x_offset=0, y_offset=0, width=0, height=0))
-    b = rgbd.intrinsics_from_camera_info(binned)
+    b = camera_intrinsics(binned)
     assert (b.width, b.height, b.fx, b.cx) == (320, 240, 300.0, 165.0)
     roi = SimpleNamespace(k=info.k, d=[], distortion_model="plumb_bob", width=640, height=480, binning_x=0,
                           binning_y=0, roi=SimpleNamespace(x_offset=100, y_offset=50, width=200, height=150))
-    r = rgbd.intrinsics_from_camera_info(roi)
+    r = camera_intrinsics(roi)
     assert (r.width, r.height, r.cx, r.cy) == (200, 150, 230.0, 200.0)
     zero = SimpleNamespace(k=[0.0] * 9, d=[], distortion_model="", width=640, height=480)
-    assert rgbd.intrinsics_from_camera_info(zero) is UnknownReason.UNCALIBRATED
+    assert camera_intrinsics(zero) is UnknownReason.UNCALIBRATED
 
 
 def test_output_messages():

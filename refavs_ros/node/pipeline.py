@@ -19,6 +19,9 @@ offline and the same messages received live give the same masks byte for byte. W
   optional ``debug/overlay`` (bgr8) and ``active_command`` (``std_msgs/String``), through a
   :class:`~refavs_ros.rosio.conversions.MessageFactory` (rclpy's classes in the node, rosbags'
   in the replay tool);
+* with a :class:`~refavs_ros.node.depth.TargetLocator` (``depth_enabled``): pairing the frame
+  with a registered depth image and camera info by header stamp and building the 3-D outputs
+  (``target_point``, ``goal_pose``, ``detections_3d``, ``debug/marker``; issue 10);
 * counting rejected messages by input kind and reason (:attr:`MessagePipeline.rejections`) for
   ``/diagnostics`` and the replay summary.
 
@@ -41,12 +44,13 @@ from typing import Any
 import numpy as np
 
 from refavs_ros.errors import InputError
+from refavs_ros.node.depth import TargetLocator, TargetOutput
 from refavs_ros.node.inputs import TIME_JUMP_BACK_NS, Batch, CommandState
 from refavs_ros.overlay import render_overlay
 from refavs_ros.predictor import Prediction, StreamingPredictor
 from refavs_ros.rosio import conversions
 
-IMAGE, AUDIO, COMMAND = "image", "audio", "command"
+IMAGE, AUDIO, COMMAND, DEPTH, CAMERA_INFO = "image", "audio", "command", "depth", "camera_info"
 """Input kinds used as the first part of a rejection key."""
 
 
@@ -81,6 +85,8 @@ class FrameOutput:
         overlay: ``sensor_msgs/Image`` bgr8 debug overlay, or None when not requested.
         latency_ms: wall time from the start of decoding to the last output message (ms).
         time_jump: True when this image's stamp jumped back and the memory was reset first.
+        target: the 3-D result (messages and why they are missing) when the pipeline has a
+            :class:`~refavs_ros.node.depth.TargetLocator`, else None.
     """
 
     stamp_ns: int
@@ -92,6 +98,7 @@ class FrameOutput:
     overlay: Any | None
     latency_ms: float
     time_jump: bool = False
+    target: TargetOutput | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,7 @@ class MessagePipeline:
         factory: builds output messages (``ClassFactory.importing()`` in the node, the rosbags
             factory in the replay tool).
         options: audio decoding options.
+        locator: pairs frames with depth and builds the 3-D outputs; None = no depth.
     """
 
     def __init__(
@@ -202,8 +210,10 @@ class MessagePipeline:
         *,
         factory: conversions.MessageFactory | None = None,
         options: PipelineOptions = PipelineOptions(),
+        locator: TargetLocator | None = None,
     ) -> None:
         self.predictor = predictor
+        self.locator = locator
         self.factory = factory or conversions.default_factory()
         self.options = options
         self.commands = CommandState()
@@ -303,6 +313,32 @@ class MessagePipeline:
             raise self._rejected(AUDIO, exc) from None
         self.audio_end_ns = stamp_ns + samples.shape[0] * 1_000_000_000 // rate
 
+    def handle_depth(self, msg: Any, stamp_ns: int | None = None) -> None:
+        """Offer a registered depth image (decoded only if a frame is paired with it).
+
+        Raises:
+            InputError: no locator (depth disabled) or an unreadable stamp.
+        """
+        self._offer(DEPTH, msg, stamp_ns)
+
+    def handle_camera_info(self, msg: Any, stamp_ns: int | None = None) -> None:
+        """Offer a ``sensor_msgs/CameraInfo`` of the depth image.
+
+        Raises:
+            InputError: no locator (depth disabled) or an unreadable stamp.
+        """
+        self._offer(CAMERA_INFO, msg, stamp_ns)
+
+    def _offer(self, kind: str, msg: Any, stamp_ns: int | None) -> None:
+        try:
+            if self.locator is None:
+                raise InputError(f"{kind} received but depth is disabled", reason="depth disabled")
+            stamp = conversions.stamp_to_ns(msg.header.stamp) if stamp_ns is None else int(stamp_ns)
+        except InputError as exc:
+            raise self._rejected(kind, exc) from None
+        inputs = self.locator.inputs
+        (inputs.offer_depth if kind == DEPTH else inputs.offer_camera_info)(stamp, msg)
+
     def handle_image(self, msg: Any, *, stamp_ns: int | None = None, overlay: bool = False) -> FrameOutput | None:
         """Decode an image, run the predictor on it and build the output messages.
 
@@ -341,6 +377,11 @@ class MessagePipeline:
         if overlay:
             bgr = self.render_overlay(rgb, prediction)
             overlay_msg = conversions.array_to_image(bgr, "bgr8", header=header, factory=self.factory)
+        target = None
+        if self.locator is not None:
+            target = self.locator.locate(stamp_ns, prediction, header, class_id=prediction.command, factory=self.factory)
+            if target.rejection is not None:
+                self._rejected(*target.rejection)
         return FrameOutput(
             stamp_ns=stamp_ns,
             header=header,
@@ -351,6 +392,7 @@ class MessagePipeline:
             overlay=overlay_msg,
             latency_ms=(time.perf_counter() - t0) * 1e3,
             time_jump=time_jump,
+            target=target,
         )
 
     def _check_stamp(self, stamp_ns: int) -> bool:

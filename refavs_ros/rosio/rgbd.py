@@ -6,7 +6,11 @@ image's header (the camera optical frame, REP 103/105): ``geometry_msgs/PointSta
 ``geometry_msgs/PoseStamped`` (the Nav2 ``NavigateToPose`` goal), ``vision_msgs/Detection3DArray``
 (vision_msgs 4.x) and ``visualization_msgs/Marker``. Duck-typed readers and
 :class:`~refavs_ros.rosio.conversions.MessageFactory` writers, like
-:mod:`refavs_ros.rosio.conversions`; no rclpy here.
+:mod:`refavs_ros.rosio.conversions`; no rclpy here. The 3-D values come from a
+:class:`refavs_ros.geometry.Target3D` (duck-typed: ``known``, ``point``, ``goal.position``,
+``goal.orientation``, ``spread_m``, ``extent_m``, ``box_center``); the camera info is parsed into
+intrinsics by :func:`refavs_ros.node.depth.camera_intrinsics` (rosio sits beside the geometry
+module in the layering, so it does not import it).
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from refavs_ros.errors import InputError
-from refavs_ros.geometry import CameraIntrinsics, Target3D, UnknownReason
 from refavs_ros.rosio import msgs
 from refavs_ros.rosio.conversions import (
     MessageFactory,
@@ -83,8 +86,15 @@ def depth_to_image(depth: np.ndarray, header: Any, *, factory: MessageFactory | 
 
 
 # ------------------------------------------------------------------------------- camera info
-def camera_info_message(camera: CameraIntrinsics, header: Any, *, factory: MessageFactory | None = None) -> Any:
-    """``sensor_msgs/CameraInfo`` of a (rectified-or-not) pinhole camera: K, D, R = I, P = [K | 0]."""
+def camera_info_message(camera: Any, header: Any, *, factory: MessageFactory | None = None) -> Any:
+    """``sensor_msgs/CameraInfo`` of a pinhole camera: K, D, R = I, P = [K | 0].
+
+    Args:
+        camera: a :class:`refavs_ros.geometry.CameraIntrinsics` (duck-typed: ``k`` (3, 3),
+            ``width``, ``height``, ``distortion_model``, ``distortion``).
+        header: header to use.
+        factory: message flavour.
+    """
     factory = factory or default_factory()
     k = camera.k
     p = np.zeros((3, 4))
@@ -95,39 +105,6 @@ def camera_info_message(camera: CameraIntrinsics, header: Any, *, factory: Messa
         d=np.asarray(camera.distortion, np.float64), k=k.reshape(-1).astype(np.float64),
         r=np.eye(3).reshape(-1), p=p.reshape(-1),
     )
-
-
-def intrinsics_from_camera_info(msg: Any) -> CameraIntrinsics | UnknownReason:
-    """Intrinsics of the image a ``sensor_msgs/CameraInfo`` describes.
-
-    ``binning_x`` / ``binning_y`` > 1 divide the size and scale K (``image_geometry``'s
-    convention for a binned image); a non-empty ``roi`` makes the image that crop (principal point
-    shifted by its offset).
-
-    Returns:
-        The :class:`CameraIntrinsics`, or :attr:`UnknownReason.UNCALIBRATED` when ``k`` is all zero.
-
-    Raises:
-        InputError: ``k`` without 9 values, non-positive size or focal length, non-finite values.
-    """
-    k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
-    if k.size == 9 and not CameraIntrinsics.is_calibrated(k):
-        return UnknownReason.UNCALIBRATED
-    width, height = int(msg.width), int(msg.height)
-    roi = getattr(msg, "roi", None)
-    if roi is not None and int(roi.width) > 0 and int(roi.height) > 0:
-        k = k.copy()
-        k[2] -= int(roi.x_offset)
-        k[5] -= int(roi.y_offset)
-        width, height = int(roi.width), int(roi.height)
-    cam = CameraIntrinsics.from_k(k, width, height, distortion_model=str(msg.distortion_model),
-                                  d=np.asarray(msg.d, dtype=np.float64))
-    bx, by = max(int(getattr(msg, "binning_x", 0)), 1), max(int(getattr(msg, "binning_y", 0)), 1)
-    if bx > 1 or by > 1:
-        cam = CameraIntrinsics(width=width // bx, height=height // by, fx=cam.fx / bx, fy=cam.fy / by,
-                               cx=cam.cx / bx, cy=cam.cy / by, distortion_model=cam.distortion_model,
-                               distortion=cam.distortion)
-    return cam
 
 
 # ------------------------------------------------------------------------------- outputs
@@ -142,12 +119,12 @@ def _pose(factory: MessageFactory, xyz: np.ndarray, quat_xyzw: np.ndarray | None
     return factory.new("geometry_msgs/msg/Pose", position=_point(factory, xyz), orientation=orientation)
 
 
-def _require_known(target: Target3D) -> None:
-    if not target.known or target.point is None:
+def _require_known(target: Any) -> None:
+    if not getattr(target, "known", False) or target.point is None:
         raise InputError(f"the target is unknown ({target.reason}); nothing to publish")
 
 
-def target_point_message(target: Target3D, header: Any, *, factory: MessageFactory | None = None) -> Any:
+def target_point_message(target: Any, header: Any, *, factory: MessageFactory | None = None) -> Any:
     """``geometry_msgs/PointStamped`` of the target point (m, optical frame of ``header``).
 
     Raises:
@@ -158,7 +135,7 @@ def target_point_message(target: Target3D, header: Any, *, factory: MessageFacto
     return factory.new(msgs.POINT_STAMPED, header=header, point=_point(factory, target.point))
 
 
-def goal_pose_message(target: Target3D, header: Any, *, factory: MessageFactory | None = None) -> Any:
+def goal_pose_message(target: Any, header: Any, *, factory: MessageFactory | None = None) -> Any:
     """``geometry_msgs/PoseStamped`` of the standoff goal facing the target (what Nav2 takes).
 
     Raises:
@@ -171,7 +148,7 @@ def goal_pose_message(target: Target3D, header: Any, *, factory: MessageFactory 
                        pose=_pose(factory, target.goal.position, target.goal.orientation))
 
 
-def detections_3d_message(target: Target3D | None, header: Any, *, class_id: str, score: float,
+def detections_3d_message(target: Any | None, header: Any, *, class_id: str, score: float,
                           factory: MessageFactory | None = None) -> Any:
     """``vision_msgs/Detection3DArray`` (4.x): one detection for a known target, else none.
 
@@ -197,7 +174,7 @@ def detections_3d_message(target: Target3D | None, header: Any, *, class_id: str
     return factory.new(msgs.DETECTION3D_ARRAY, header=header, detections=detections)
 
 
-def marker_message(target: Target3D, header: Any, *, lifetime_sec: float = 1.0, ns: str = "refavs",
+def marker_message(target: Any, header: Any, *, lifetime_sec: float = 1.0, ns: str = "refavs",
                    factory: MessageFactory | None = None) -> Any:
     """``visualization_msgs/Marker`` for RViz: a green sphere at the target point.
 

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ import numpy as np
 
 from refavs_ros.errors import BagError, ConfigError, InputError, RefAvsError
 from refavs_ros.eval.metrics import MetricAccumulator
+from refavs_ros.geometry import GeometryConfig, bbox_iou
+from refavs_ros.node.depth import TargetLocator
 from refavs_ros.node.pipeline import MessagePipeline, PipelineOptions
 from refavs_ros.rosio import bagio, conversions, msgs
 
@@ -69,6 +72,12 @@ class ReplayOptions:
         audio_channels: channels of ros-drivers raw audio.
         audio_format: sample format of ros-drivers raw audio (S16LE, ...).
         require_audio: fail when the audio topic is missing (else the model hears silence).
+        depth_topic: registered ``sensor_msgs/Image`` depth (16UC1 mm / 32FC1 m).
+        camera_info_topic: ``sensor_msgs/CameraInfo`` of the depth image.
+        depth: None = compute the 3-D target when the bag has ``depth_topic``; False = never;
+            True = require the depth topics.
+        geometry: thresholds and standoff of the 3-D target.
+        max_depth_skew_sec: largest depth-to-colour stamp difference paired (s).
     """
 
     image_topic: str = bagio.TOPIC_IMAGE
@@ -81,6 +90,37 @@ class ReplayOptions:
     audio_channels: int = 1
     audio_format: str = "S16LE"
     require_audio: bool = True
+    depth_topic: str = bagio.TOPIC_DEPTH
+    camera_info_topic: str = bagio.TOPIC_CAMERA_INFO
+    depth: bool | None = None
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    max_depth_skew_sec: float = 0.05
+
+
+@dataclass
+class FrameGeometry:
+    """3-D and box figures of one scored frame (bags with depth and/or GT masks).
+
+    Attributes:
+        gt_present: the GT mask is non-empty (the target is visible).
+        found: the prediction reports the target present.
+        mask_iou: IoU of the published mask and the GT mask (0 when either is empty, 1 when
+            both are).
+        bbox_iou: IoU of the detection box (main region) and the GT mask's box.
+        bbox_iou_all: IoU of the box of every above-threshold pixel (before the component
+            filter) and the GT box.
+        status: ``"known"`` or the unknown reason of the 3-D target; None without depth.
+        error_m: distance (m) between the 3-D target point and the scene's true centroid, or
+            None (unknown point or no truth).
+    """
+
+    gt_present: bool
+    found: bool
+    mask_iou: float
+    bbox_iou: float
+    bbox_iou_all: float
+    status: str | None = None
+    error_m: float | None = None
 
 
 @dataclass
@@ -101,6 +141,8 @@ class BagReport:
         out_of_order: per topic, messages whose header stamp went backwards in receive order.
         latencies_ms: end-to-end latency per predicted frame (ms).
         commands: the command texts in force, in order of appearance.
+        geometry: per scored frame, the 3-D and box figures (:class:`FrameGeometry`).
+        depth: the bag was replayed with depth (3-D target computed).
     """
 
     path: Path
@@ -116,6 +158,8 @@ class BagReport:
     out_of_order: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    geometry: list[FrameGeometry] = field(default_factory=list)
+    depth: bool = False
 
 
 def _scene_info(bag: bagio.BagReader, topic: str) -> dict:
@@ -199,13 +243,23 @@ def replay_bag(
                 f"no command for {path}: pass --command TEXT or record {options.command_topic} (std_msgs/String)"
             )
         info = _scene_info(bag, options.scene_info_topic)
+        use_depth = options.depth is not False and options.depth_topic in topics
+        if options.depth and not use_depth:
+            bag.require(options.depth_topic)  # raises, naming the available topics
+        if use_depth:
+            bag.require(options.depth_topic, [msgs.IMAGE])
+            bag.require(options.camera_info_topic, [msgs.CAMERA_INFO])
         read_topics = [options.audio_topic, options.image_topic, options.gt_topic]
+        if use_depth:  # paired depth and camera info before the image of the same stamp
+            read_topics[1:1] = [options.depth_topic, options.camera_info_topic]
         if options.command is None:
             read_topics.insert(0, options.command_topic)
         order = bag.read_sorted(read_topics)
     subset = str(info.get("split") or path.resolve().parent.name)
     kind = info.get("kind")
-    report = BagReport(path=path, subset=subset, kind=str(kind) if kind else None, out_of_order=order.out_of_order)
+    report = BagReport(path=path, subset=subset, kind=str(kind) if kind else None, out_of_order=order.out_of_order,
+                       depth=use_depth)
+    truth = info.get("target_centroid_m") if use_depth else None
     if order.total_out_of_order:
         warn(f"{path}: {order.total_out_of_order} message(s) with out-of-order header stamps "
              f"{ {t: n for t, n in order.out_of_order.items() if n} } were sorted by stamp")
@@ -224,6 +278,7 @@ def replay_bag(
             audio_sample_rate=options.audio_rate, audio_channels=options.audio_channels,
             audio_format=options.audio_format,
         ),
+        locator=TargetLocator(options.geometry, max_depth_skew_sec=options.max_depth_skew_sec) if use_depth else None,
     )
     pipeline.reset()
     writing = bagio.BagWriter(output, storage=storage) if output is not None else contextlib.nullcontext()
@@ -256,10 +311,15 @@ def replay_bag(
                     if not audio_warned:
                         warn(f"{path}: audio chunk at {item.stamp_ns} ns dropped: {exc}")
                         audio_warned = True
+            elif use_depth and item.topic == options.depth_topic:
+                pipeline.handle_depth(item.message, item.stamp_ns)
+            elif use_depth and item.topic == options.camera_info_topic:
+                pipeline.handle_camera_info(item.message, item.stamp_ns)
             elif item.topic == options.image_topic:
                 report.images += 1
+                centroid = truth[index] if isinstance(truth, list) and index < len(truth) else None
                 _replay_image(item, pipeline, report, gt_by_stamp if has_gt else None,
-                              accumulator, groups, writer, overlay_dir, index, warn)
+                              accumulator, groups, writer, overlay_dir, index, warn, centroid)
                 index += 1
                 if progress is not None:
                     progress.update(1)
@@ -279,6 +339,7 @@ def _replay_image(
     overlay_dir: str | Path | None,
     index: int,
     warn: Callable[[str], None],
+    centroid: Sequence[float] | None = None,
 ) -> None:
     try:
         frame = pipeline.handle_image(item.message, stamp_ns=item.stamp_ns)
@@ -308,13 +369,93 @@ def _replay_image(
             if accumulator is not None:
                 accumulator.process(probability, gt != 0, groups=groups, clip=str(report.path))
             report.scored += 1
+            report.geometry.append(_frame_geometry(frame, gt != 0, centroid))
     if writer is not None:
         writer.write(bagio.TOPIC_MASK, msgs.IMAGE, frame.mask, item.stamp_ns)
         writer.write(bagio.TOPIC_DETECTIONS, msgs.DETECTION2D_ARRAY, frame.detections, item.stamp_ns)
+        target = frame.target
+        if target is not None and target.target_point is not None:
+            writer.write(bagio.TOPIC_TARGET_POINT, msgs.POINT_STAMPED, target.target_point, item.stamp_ns)
+            writer.write(bagio.TOPIC_GOAL_POSE, msgs.POSE_STAMPED, target.goal_pose, item.stamp_ns)
+            writer.write(bagio.TOPIC_DETECTIONS_3D, msgs.DETECTION3D_ARRAY, target.detections_3d, item.stamp_ns)
+            writer.write(bagio.TOPIC_MARKER, msgs.MARKER, target.marker, item.stamp_ns)
     if overlay_dir is not None:
         target = Path(overlay_dir) / f"{index:06d}_{item.stamp_ns}.png"
         if not cv2.imwrite(str(target), pipeline.render_overlay(frame.rgb, prediction)):
             raise BagError(f"cannot write overlay {target}")
+
+
+def _frame_geometry(frame: Any, gt: np.ndarray, centroid: Sequence[float] | None) -> FrameGeometry:
+    """Box IoUs, mask IoU and 3-D error of one scored frame."""
+    from refavs_ros.predictor import mask_bbox
+
+    pred = frame.prediction
+    mask = np.asarray(pred.mask, dtype=bool)
+    union = int(np.count_nonzero(mask | gt))
+    mask_iou = 1.0 if union == 0 else int(np.count_nonzero(mask & gt)) / union
+    gt_box = mask_bbox(gt)
+    all_box = getattr(pred, "unfiltered_bbox", pred.bbox)
+    out = FrameGeometry(gt_present=gt_box is not None, found=bool(pred.found), mask_iou=float(mask_iou),
+                        bbox_iou=bbox_iou(pred.bbox, gt_box), bbox_iou_all=bbox_iou(all_box, gt_box))
+    target = frame.target
+    if target is not None:
+        out.status = target.status
+        if target.target.known and centroid is not None:
+            out.error_m = float(np.linalg.norm(np.asarray(target.target.point) - np.asarray(centroid, dtype=float)))
+    return out
+
+
+def summarize_geometry(frames: Sequence[FrameGeometry], *, success_m: float = 0.2,
+                       iou_min: float = 0.5) -> dict[str, Any]:
+    """3-D and box figures over scored frames (issue 10).
+
+    Args:
+        frames: :class:`FrameGeometry` of every scored frame.
+        success_m: a 3-D point is a success when its error is at most this (m).
+        iou_min: the "geometry judged apart from segmentation" subset: frames with mask IoU >= it.
+
+    Returns:
+        ``{"bbox": {"frames", "iou_main", "iou_all"}`` (mean over frames where the target is
+        visible and found), ``"depth_frames"`` and, with depth, ``"3d"``: for each subset
+        ``"visible"`` (every frame whose GT target is visible), ``"found"`` (visible and
+        reported present) and ``"iou>=0.5"`` (found with mask IoU >= ``iou_min``):
+        ``frames``, ``known`` (a point was published), ``median_m`` / ``p95_m`` / ``mean_m`` of
+        the error over known points, ``success_rate`` (error <= ``success_m`` over ALL frames of
+        the subset: unknown and not-found frames count as failures), and ``unknown`` (counts by
+        reason).
+    """
+    visible_found = [f for f in frames if f.gt_present and f.found]
+    out: dict[str, Any] = {
+        "bbox": {
+            "frames": len(visible_found),
+            "iou_main": float(np.mean([f.bbox_iou for f in visible_found])) if visible_found else None,
+            "iou_all": float(np.mean([f.bbox_iou_all for f in visible_found])) if visible_found else None,
+        },
+        "depth_frames": sum(f.status is not None for f in frames),
+    }
+    depth = [f for f in frames if f.status is not None and f.gt_present]
+    if not depth:
+        return out
+    subsets = {
+        "visible": depth,
+        "found": [f for f in depth if f.found],
+        f"iou>={iou_min:g}": [f for f in depth if f.found and f.mask_iou >= iou_min],
+    }
+    out["3d"] = {}
+    for name, group in subsets.items():
+        errors = np.asarray([f.error_m for f in group if f.error_m is not None], dtype=np.float64)
+        unknown = Counter(f.status for f in group if f.error_m is None)
+        out["3d"][name] = {
+            "frames": len(group),
+            "known": int(errors.size),
+            "median_m": float(np.median(errors)) if errors.size else None,
+            "p95_m": float(np.percentile(errors, 95)) if errors.size else None,
+            "mean_m": float(errors.mean()) if errors.size else None,
+            "success_rate": float(np.count_nonzero(errors <= success_m) / len(group)) if group else None,
+            "unknown": dict(sorted(unknown.items())),
+        }
+    out["success_m"] = success_m
+    return out
 
 
 # --------------------------------------------------------------------------- many bags
@@ -424,6 +565,7 @@ def summarize(accumulator: MetricAccumulator, reports: Sequence[BagReport]) -> d
         for name in ("images", "predictions", "scored", "no_command", "dropped_images", "dropped_audio", "missing_gt")
     }
     summary["out_of_order"] = sum(sum(r.out_of_order.values()) for r in reports)
+    summary["geometry"] = summarize_geometry([g for r in reports for g in r.geometry])
     return summary
 
 
@@ -455,6 +597,20 @@ def format_summary(summary: dict[str, Any]) -> str:
     if notes or summary["out_of_order"]:
         lines.append("notes: " + ", ".join(notes + ([f"out-of-order stamps {summary['out_of_order']}"]
                                                     if summary["out_of_order"] else [])))
+    geo = summary.get("geometry") or {}
+    box = geo.get("bbox") or {}
+    if box.get("frames"):
+        lines.append(f"bbox IoU vs GT box over {box['frames']} found frames: main region {box['iou_main']:.3f}, "
+                     f"all above-threshold pixels {box['iou_all']:.3f}")
+    for name, g in (geo.get("3d") or {}).items():
+        if not g["frames"]:
+            continue
+        med = "-" if g["median_m"] is None else f"{g['median_m']:.3f}"
+        p95 = "-" if g["p95_m"] is None else f"{g['p95_m']:.3f}"
+        unknown = ", ".join(f"{k} {v}" for k, v in g["unknown"].items()) or "none"
+        lines.append(f"3-D target ({name}, {g['frames']} frames): error median {med} m, p95 {p95} m, "
+                     f"success (<= {geo['success_m']:g} m) {g['success_rate'] * 100:.1f} %; "
+                     f"{g['known']} points, no point: {unknown}")
     lines.append("J: mean IoU (%, paper scale); F: F-measure (beta^2 0.3); S: null-frame false positives "
                  "(lower is better); per-frame mode, see docs/replay.md")
     return "\n".join(lines)
@@ -483,7 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio-channels", type=int, default=1, help="channels of ros-drivers raw PCM (default 1)")
     p.add_argument("--audio-format", default="S16LE", help="sample format of ros-drivers raw PCM (default S16LE)")
     p.add_argument("--output", metavar="OUT_BAG", help="write /refavs/mask, /refavs/detections, "
-                   "/refavs/active_command to this bag (a directory of bags for a directory input)")
+                   "/refavs/active_command (and, with depth, /refavs/target_point, goal_pose, detections_3d, "
+                   "debug/marker) to this bag (a directory of bags for a directory input)")
     p.add_argument("--storage", choices=bagio.STORAGES, default="mcap", help="storage of --output (default mcap)")
     p.add_argument("--metrics-json", metavar="FILE", help="write the metrics and latency as JSON")
     p.add_argument("--overlay-dir", metavar="DIR", help="write one overlay PNG per predicted frame")
@@ -499,6 +656,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero-audio", action="store_true", help="ablation: the model hears silence instead of the audio")
     p.add_argument("--beta", type=float, default=None,
                    help="cached-memory sensitivity (paper Eq. 2); 0 = cached memory off (ablation); default: model's")
+    p.add_argument("--depth-topic", default=bagio.TOPIC_DEPTH, help=f"(default {bagio.TOPIC_DEPTH})")
+    p.add_argument("--camera-info-topic", default=bagio.TOPIC_CAMERA_INFO, help=f"(default {bagio.TOPIC_CAMERA_INFO})")
+    p.add_argument("--no-depth", action="store_true", help="ignore depth topics (no 3-D target)")
+    p.add_argument("--standoff", type=float, default=GeometryConfig.standoff_m,
+                   help=f"goal distance before the target (m, default {GeometryConfig.standoff_m})")
+    p.add_argument("--max-depth-skew", type=float, default=0.05,
+                   help="largest |depth stamp - image stamp| paired (s, default 0.05)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -548,7 +712,9 @@ def main(argv: list[str] | None = None) -> int:
             image_topic=args.image_topic, audio_topic=args.audio_topic, command_topic=args.command_topic,
             gt_topic=args.gt_topic, scene_info_topic=args.scene_info_topic, command=args.command,
             audio_rate=args.audio_rate, audio_channels=args.audio_channels, audio_format=args.audio_format,
-            require_audio=not args.no_audio,
+            require_audio=not args.no_audio, depth_topic=args.depth_topic,
+            camera_info_topic=args.camera_info_topic, depth=False if args.no_depth else None,
+            geometry=GeometryConfig(standoff_m=args.standoff), max_depth_skew_sec=args.max_depth_skew,
         )
         predictor = build_predictor(args)
         from tqdm import tqdm

@@ -117,6 +117,11 @@ class NodeStatus:
             (:attr:`refavs_ros.node.pipeline.MessagePipeline.rejections`).
         qos_incompatible: incompatible-QoS events seen on the node's topics (a peer whose QoS
             does not match gets no data).
+        depth_enabled: the node computes the 3-D target (``depth_enabled``).
+        target_3d: status of the last processed frame's 3-D target: ``"known"`` or an
+            :class:`refavs_ros.geometry.UnknownReason` value; "" before any.
+        target_3d_detail: why it is unknown (numbers included), "" when known.
+        target_3d_counts: processed frames by 3-D status since configure.
     """
 
     lifecycle: str
@@ -133,6 +138,15 @@ class NodeStatus:
     bad_messages: int = 0
     rejections: dict[str, int] = field(default_factory=dict)
     qos_incompatible: int = 0
+    depth_enabled: bool = False
+    target_3d: str = ""
+    target_3d_detail: str = ""
+    target_3d_counts: dict[str, int] = field(default_factory=dict)
+
+
+SENSOR_REASONS = ("no_depth", "no_camera_info", "uncalibrated", "depth_too_old", "bad_depth_message")
+"""3-D unknown reasons that point at the depth camera's topics (a warning), as opposed to the
+scene (target absent, too few valid depth pixels on it)."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +175,9 @@ def diagnose(state: NodeStatus, *, max_av_skew_sec: float) -> DiagnosticReport:
 
     Levels: ERROR when the last step failed; WARN when active and enabled but no image arrived
     for :data:`IMAGE_TIMEOUT_SEC`, or images arrive with no audio for :data:`AUDIO_TIMEOUT_SEC`,
-    or the last A/V skew exceeds ``max_av_skew_sec``; OK otherwise (including inactive,
+    or the last A/V skew exceeds ``max_av_skew_sec``, or (``depth_enabled``) the last frame's
+    3-D target is unknown for a reason in :data:`SENSOR_REASONS` (no / old / bad depth, no or
+    uncalibrated camera info); OK otherwise (including inactive,
     disabled, or waiting for a command, which are stated in the message).
 
     Args:
@@ -195,6 +211,10 @@ def diagnose(state: NodeStatus, *, max_av_skew_sec: float) -> DiagnosticReport:
         ("end-to-end latency mean", _fmt(state.end_to_end_ms.mean(), " ms")),
         ("end-to-end latency max", _fmt(state.end_to_end_ms.max(), " ms")),
     ]
+    if state.depth_enabled:
+        last = state.target_3d or "(no frame yet)"
+        values.append(("3-D target", last + (f": {state.target_3d_detail}" if state.target_3d_detail else "")))
+        values.extend((f"3-D target frames {key}", str(n)) for key, n in sorted(state.target_3d_counts.items()))
     if state.last_error:
         values.append(("last error", state.last_error))
         return DiagnosticReport(ERROR, f"inference failed: {state.last_error}", tuple(values))
@@ -211,6 +231,8 @@ def diagnose(state: NodeStatus, *, max_av_skew_sec: float) -> DiagnosticReport:
         problems.append("no audio: silence is used")
     elif state.av_skew_sec is not None and abs(state.av_skew_sec) > max_av_skew_sec:
         problems.append(f"A/V skew {state.av_skew_sec:.2f} s exceeds {max_av_skew_sec:.2f} s")
+    if state.depth_enabled and state.target_3d in SENSOR_REASONS:
+        problems.append(f"no 3-D target published: {state.target_3d} ({state.target_3d_detail})")
     if problems:
         return DiagnosticReport(WARN, "; ".join(problems), tuple(values))
     if not state.command:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from refavs_ros.errors import ConfigError
+from refavs_ros.geometry import GeometryConfig
 from refavs_ros.predictor import PredictorConfig
 from refavs_ros.rosio.msgs import AUDIO_MSG_TYPES
 
@@ -174,6 +175,20 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "it was received; 0 = never", DYNAMIC, 0.0, 86400.0),
     ParamSpec("publish_debug", True, "render debug/overlay (only while it has subscribers)",
               DYNAMIC),
+    ParamSpec("min_region_fraction", 0.002, "mask components (other than the main region) smaller "
+              "than this fraction of the image are dropped as stray pixels", DYNAMIC, 0.0, 0.5),
+    # depth / navigation outputs (issue 10)
+    ParamSpec("depth_enabled", False, "subscribe depth/image (16UC1 mm or 32FC1 m, registered to "
+              "the colour image) and depth/camera_info; publish target_point, goal_pose, "
+              "detections_3d and debug/marker", CONFIGURE),
+    ParamSpec("max_depth_skew_sec", 0.05, "largest |depth stamp - colour stamp| (s) paired; "
+              "otherwise the 3-D target is unknown (depth_too_old)", DYNAMIC, 0.0, 5.0),
+    ParamSpec("standoff_m", 0.8, "goal_pose distance (m) before the target on the camera-to-target "
+              "ray, facing it", DYNAMIC, 0.0, 20.0),
+    ParamSpec("min_valid_depth_pixels", 30, "fewest valid depth pixels in the target's region for a "
+              "3-D point", DYNAMIC, 1, 1000000),
+    ParamSpec("depth_erode_px", 2, "erosion radius (depth pixels) of the region's core used for the "
+              "3-D point", DYNAMIC, 0, 50),
     # transport / QoS
     ParamSpec("image_transport", "raw", "raw: sensor_msgs/Image on 'image'; compressed: "
               "sensor_msgs/CompressedImage on 'image/compressed'", CONFIGURE,
@@ -188,6 +203,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("output_qos", "reliable", "QoS profile of mask, detections and debug/overlay",
               CONFIGURE, choices=QOS_PROFILES),
     ParamSpec("output_qos_depth", 5, "history depth of the outputs", CONFIGURE, 1, 1000),
+    ParamSpec("depth_qos", "sensor_data", "QoS profile of the depth/image and depth/camera_info "
+              "subscriptions", CONFIGURE, choices=QOS_PROFILES),
     # lifecycle
     ParamSpec("autostart", True, "configure and activate the node at start", STARTUP),
 )
@@ -310,6 +327,12 @@ class NodeSettings:
     score_threshold: float
     command_timeout_sec: float
     publish_debug: bool
+    min_region_fraction: float
+    depth_enabled: bool
+    max_depth_skew_sec: float
+    standoff_m: float
+    min_valid_depth_pixels: int
+    depth_erode_px: int
     image_transport: str
     image_qos: str
     image_qos_depth: int
@@ -317,6 +340,7 @@ class NodeSettings:
     audio_qos_depth: int
     output_qos: str
     output_qos_depth: int
+    depth_qos: str
     autostart: bool
 
     @classmethod
@@ -358,7 +382,13 @@ class NodeSettings:
             mask_threshold=self.mask_threshold,
             score_threshold=self.score_threshold,
             max_av_skew_sec=self.max_av_skew_sec,
+            min_region_fraction=self.min_region_fraction,
         )
+
+    def geometry_config(self) -> GeometryConfig:
+        """The :class:`refavs_ros.geometry.GeometryConfig` of the 3-D target (depth_enabled)."""
+        return GeometryConfig(standoff_m=self.standoff_m, min_valid_pixels=self.min_valid_depth_pixels,
+                              erode_px=self.depth_erode_px)
 
     def resolved_device(self, cuda_available: Callable[[], bool]) -> str:
         """The device string for the predictor: ``device``, with ``auto`` resolved to ``cuda``
@@ -408,8 +438,12 @@ class NodeSettings:
         return qos_spec(self.audio_qos, self.audio_qos_depth)
 
     def output_qos_spec(self) -> QosSpec:
-        """QoS of mask, detections and debug/overlay."""
+        """QoS of mask, detections and debug/overlay (and the 3-D outputs)."""
         return qos_spec(self.output_qos, self.output_qos_depth)
+
+    def depth_qos_spec(self) -> QosSpec:
+        """QoS of depth/image and depth/camera_info (depth 2: the pipeline keeps its own few)."""
+        return qos_spec(self.depth_qos, 2)
 
     def replace(self, **changes: Any) -> NodeSettings:
         """Return validated settings with some parameters changed.

@@ -58,6 +58,7 @@ except ImportError:  # Humble
     from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
 
 from refavs_ros.errors import ConfigError, RefAvsError
+from refavs_ros.node.depth import TargetLocator
 from refavs_ros.node.diagnostics import LogThrottle, NodeStatus, diagnose
 from refavs_ros.node.inputs import InputBuffer
 from refavs_ros.node.params import (
@@ -126,6 +127,7 @@ class RefAvsNode(LifecycleNode):
         self._pipeline: MessagePipeline | None = None
         self._callback_rejections: Counter[str] = Counter()  # messages rejected before the pipeline
         self._audio_class: type | None = None
+        self._locator: TargetLocator | None = None  # depth_enabled: depth hand-off and 3-D outputs
         self._inference_enabled = True
         self.configure_error = ""
         """Why the last configure transition failed ("" after a success)."""
@@ -221,14 +223,18 @@ class RefAvsNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.configure_error = ""
         options = PipelineOptions(audio_sample_rate=settings.audio_sample_rate, audio_channels=settings.audio_channels)
+        locator = None
+        if settings.depth_enabled:
+            locator = TargetLocator(settings.geometry_config(), max_depth_skew_sec=settings.max_depth_skew_sec)
         with self._infer_lock:
-            self._pipeline = MessagePipeline(predictor, factory=self._factory, options=options)
+            self._pipeline = MessagePipeline(predictor, factory=self._factory, options=options, locator=locator)
+            self._locator = locator
         with self._status_lock:
             self._settings = settings
             self._pending = None
             self._status = NodeStatus(
                 lifecycle="inactive", model=settings.model, backend=settings.backend,
-                device=settings.resolved_device(_cuda_available),
+                device=settings.resolved_device(_cuda_available), depth_enabled=settings.depth_enabled,
             )
         self._audio_class = audio_class
         out_qos = to_qos_profile(settings.output_qos_spec())
@@ -243,10 +249,25 @@ class RefAvsNode(LifecycleNode):
                 String, "active_command", to_qos_profile(ACTIVE_COMMAND_QOS),
                 event_callbacks=self._publisher_events("active_command")),
         }
+        if settings.depth_enabled:
+            self._out_pubs.update(self._create_target_publishers(out_qos))
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", to_qos_profile(DIAGNOSTICS_QOS))
         self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_SEC, self._on_diagnostics_timer, self._diag_group)
         self.get_logger().info(f"configured: model '{settings.model}' on {self._status.device}")
         return TransitionCallbackReturn.SUCCESS
+
+    def _create_target_publishers(self, qos: QoSProfile) -> dict[str, Any]:
+        """Publishers of the 3-D outputs (message packages imported only when depth is enabled)."""
+        from geometry_msgs.msg import PointStamped, PoseStamped  # noqa: PLC0415
+        from vision_msgs.msg import Detection3DArray  # noqa: PLC0415
+        from visualization_msgs.msg import Marker  # noqa: PLC0415
+
+        topics = {"target_point": (PointStamped, "target_point"), "goal_pose": (PoseStamped, "goal_pose"),
+                  "detections_3d": (Detection3DArray, "detections_3d"), "marker": (Marker, "debug/marker")}
+        return {
+            key: self.create_lifecycle_publisher(msg_type, topic, qos, event_callbacks=self._publisher_events(topic))
+            for key, (msg_type, topic) in topics.items()
+        }
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Create subscriptions, services and the inference timer; enable the publishers."""
@@ -268,6 +289,19 @@ class RefAvsNode(LifecycleNode):
                 String, "command", self._on_command, to_qos_profile(COMMAND_QOS),
                 callback_group=self._sensor_group, event_callbacks=self._subscription_events("command")),
         ]
+        if self._locator is not None:
+            from sensor_msgs.msg import CameraInfo  # noqa: PLC0415
+
+            depth_qos = to_qos_profile(settings.depth_qos_spec())
+            self._locator.inputs.clear()
+            self._sub_handles += [
+                self.create_subscription(
+                    Image, "depth/image", self._on_depth, depth_qos, callback_group=self._sensor_group,
+                    event_callbacks=self._subscription_events("depth/image")),
+                self.create_subscription(
+                    CameraInfo, "depth/camera_info", self._on_camera_info, depth_qos,
+                    callback_group=self._sensor_group, event_callbacks=self._subscription_events("depth/camera_info")),
+            ]
         self._srv_handles = [
             self.create_service(SetBool, "enable", self._on_enable, callback_group=self._infer_group),
             self.create_service(Trigger, "reset_memory", self._on_reset_memory, callback_group=self._infer_group),
@@ -279,6 +313,7 @@ class RefAvsNode(LifecycleNode):
             self._status.lifecycle = "active"
         self.get_logger().info(
             f"active: {image_topic} ({image_type.__name__}), audio ({self._audio_class.__name__}), command"
+            + (", depth/image, depth/camera_info" if self._locator is not None else "")
         )
         return result
 
@@ -332,6 +367,7 @@ class RefAvsNode(LifecycleNode):
         with self._infer_lock:
             released = self._pipeline is not None
             self._pipeline = None
+            self._locator = None
         with self._status_lock:
             self._settings = self._pending = None
             self._status = NodeStatus(lifecycle="unconfigured")
@@ -411,6 +447,22 @@ class RefAvsNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001 - a message must never kill the node
             self._callback_failed("audio", exc)
 
+    def _on_depth(self, msg: Any) -> None:
+        try:
+            locator = self._locator
+            if locator is not None:
+                locator.inputs.offer_depth(conversions.stamp_to_ns(msg.header.stamp), msg)
+        except Exception as exc:  # noqa: BLE001 - a message must never kill the node
+            self._callback_failed("depth", exc)
+
+    def _on_camera_info(self, msg: Any) -> None:
+        try:
+            locator = self._locator
+            if locator is not None:
+                locator.inputs.offer_camera_info(conversions.stamp_to_ns(msg.header.stamp), msg)
+        except Exception as exc:  # noqa: BLE001 - a message must never kill the node
+            self._callback_failed("camera_info", exc)
+
     def _on_command(self, msg: String) -> None:
         try:
             self._buffer.offer_command(msg.data)
@@ -462,6 +514,8 @@ class RefAvsNode(LifecycleNode):
             settings = self._settings
         if pending is not None:
             predictor.update_config(pending.predictor_config())
+            if self._locator is not None:
+                self._locator.configure(pending.geometry_config(), pending.max_depth_skew_sec)
         return settings
 
     def _publish(self, outcome: StepOutcome) -> None:
@@ -485,6 +539,12 @@ class RefAvsNode(LifecycleNode):
             self._out_pubs["detections"].publish(frame.detections)
             if frame.overlay is not None:
                 self._out_pubs["overlay"].publish(frame.overlay)
+            target = frame.target
+            if target is not None and target.target_point is not None:  # nothing when absent / unknown
+                self._out_pubs["target_point"].publish(target.target_point)
+                self._out_pubs["goal_pose"].publish(target.goal_pose)
+                self._out_pubs["detections_3d"].publish(target.detections_3d)
+                self._out_pubs["marker"].publish(target.marker)
         except Exception as exc:  # noqa: BLE001 - the node must not die; reported in diagnostics
             with self._status_lock:
                 self._status.last_error = f"publishing failed: {type(exc).__name__}: {exc}"
@@ -508,6 +568,10 @@ class RefAvsNode(LifecycleNode):
                 status.inference_ms.add(frame.prediction.timings_ms.get("total", float("nan")))
                 status.end_to_end_ms.add(end_to_end_ms)
                 status.av_skew_sec = pipeline.av_skew_sec(frame.stamp_ns)
+                if frame.target is not None:
+                    status.target_3d = frame.target.status
+                    status.target_3d_detail = frame.target.target.detail
+                    status.target_3d_counts = dict(pipeline.locator.statuses) if pipeline.locator else {}
 
     def _publish_active_command(self) -> None:
         pub = self._out_pubs.get("active_command")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("rclpy", reason="rclpy is not installed: node tests need ROS 2 (see README)")
+rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed: node tests need ROS 2 (see README)")
 _vision = pytest.importorskip("vision_msgs.msg", reason="vision_msgs is not installed")
 if not hasattr(_vision, "Detection3DArray"):
     pytest.skip("vision_msgs was built without Detection3DArray (rebuild from msg/)", allow_module_level=True)
@@ -18,7 +18,8 @@ if not hasattr(_vision, "Detection3DArray"):
 from geometry_msgs.msg import PointStamped, PoseStamped  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
-from test_node import FACTORY, HEIGHT, WIDTH, Collector, Harness, _stamp, context  # noqa: E402, F401 (context: fixture)
+from rclpy.context import Context  # noqa: E402
+from test_node import FACTORY, HEIGHT, WIDTH, Collector, Harness, _stamp  # noqa: E402
 from visualization_msgs.msg import Marker  # noqa: E402
 
 from refavs_ros.geometry import CameraIntrinsics  # noqa: E402
@@ -30,8 +31,8 @@ CAMERA = CameraIntrinsics.from_fov(WIDTH, HEIGHT, 60.0)
 class DepthHarness(Harness):
     """The test_node harness plus depth/camera-info publishers and 3-D output collectors."""
 
-    def __init__(self, context, overrides):
-        super().__init__(context, overrides)
+    def __init__(self, ctx, overrides):
+        super().__init__(ctx, overrides)
         self.depth_pub = self.peer.create_publisher(Image, "depth/image", qos_profile_sensor_data)
         self.info_pub = self.peer.create_publisher(CameraInfo, "depth/camera_info", qos_profile_sensor_data)
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -47,6 +48,14 @@ class DepthHarness(Harness):
         depth = np.full((HEIGHT // scale, WIDTH // scale), int(metres * 1000), np.uint16)
         self.info_pub.publish(rgbd.camera_info_message(CAMERA, header, factory=FACTORY))
         self.depth_pub.publish(rgbd.depth_to_image(depth, header, factory=FACTORY))
+
+
+@pytest.fixture
+def context():
+    ctx = Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.shutdown(context=ctx)
 
 
 @pytest.fixture

@@ -15,15 +15,15 @@ _vision = pytest.importorskip("vision_msgs.msg", reason="vision_msgs is not inst
 if not hasattr(_vision, "Detection3DArray"):
     pytest.skip("vision_msgs was built without Detection3DArray (rebuild from msg/)", allow_module_level=True)
 
-from geometry_msgs.msg import PointStamped, PoseStamped  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
-from rclpy.context import Context  # noqa: E402
-from test_node import FACTORY, HEIGHT, WIDTH, Collector, Harness, _stamp  # noqa: E402
-from visualization_msgs.msg import Marker  # noqa: E402
+from geometry_msgs.msg import PointStamped, PoseStamped
+from rclpy.context import Context
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image
+from test_node import FACTORY, HEIGHT, WIDTH, Collector, Harness, _stamp
+from visualization_msgs.msg import Marker
 
-from refavs_ros.geometry import CameraIntrinsics  # noqa: E402
-from refavs_ros.rosio import conversions, rgbd  # noqa: E402
+from refavs_ros.geometry import CameraIntrinsics
+from refavs_ros.rosio import conversions, rgbd
 
 CAMERA = CameraIntrinsics.from_fov(WIDTH, HEIGHT, 60.0)
 

@@ -192,3 +192,28 @@ def test_output_messages():
     for build in (rgbd.target_point_message, rgbd.goal_pose_message, rgbd.marker_message):
         with pytest.raises(InputError, match="unknown"):
             build(unknown, h)
+
+
+def test_occluders_are_in_front_of_what_they_cover():
+    from refavs_ros.scenes import plan_scene
+    from refavs_ros.scenes.occlusion import bar_mask, occlude
+
+    cfg = SceneConfig(width=160, height=120, fps=1.0, depth=True)
+    seen = set()
+    for i in range(12):
+        s = generate_scene("test-occluded", i, 2026, cfg)
+        occ = s.meta.get("occlusion")
+        if occ is None:
+            continue
+        objects = s.info()["objects"]
+        victim_z = objects[occ["object"]]["depth_m"]
+        if occ["occluder"] == "object":
+            (occluder,) = [o for o in objects if o["role"] == "occluder"]
+            assert MIN_DEPTH_M <= occluder["depth_m"] < victim_z
+        else:
+            plan, _ = occlude(plan_scene("test-occluded", i, 2026, cfg), cfg)
+            cover = bar_mask(plan.bars[0], cfg)[0]
+            d = s.depth.depth_mm[0][cover]
+            assert np.median(d[d > 0]) < victim_z * 1000  # the bar is nearer than what it covers
+        seen.add(occ["occluder"])
+    assert seen == {"object", "bar"}

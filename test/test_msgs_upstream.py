@@ -48,6 +48,13 @@ UPSTREAM_VISION = {  # ros-perception/vision_msgs vision_msgs/msg (4.x: Humble, 
         "vision_msgs/BoundingBox2D bbox\nstring id\n"
     ),
     "vision_msgs/msg/Detection2DArray": "std_msgs/Header header\nvision_msgs/Detection2D[] detections\n",
+    # 3-D (issue 10): 4.x Detection3D has no source_cloud / is_tracking / tracking_id (3.x)
+    "vision_msgs/msg/BoundingBox3D": "geometry_msgs/Pose center\ngeometry_msgs/Vector3 size\n",
+    "vision_msgs/msg/Detection3D": (
+        "std_msgs/Header header\nvision_msgs/ObjectHypothesisWithPose[] results\n"
+        "vision_msgs/BoundingBox3D bbox\nstring id\n"
+    ),
+    "vision_msgs/msg/Detection3DArray": "std_msgs/Header header\nvision_msgs/Detection3D[] detections\n",
 }
 UPSTREAM_ROS_DRIVERS = {  # ros-drivers/audio_common audio_common_msgs/msg (ros2 branch)
     "audio_common_msgs/msg/AudioData": "uint8[] data\n",

@@ -68,6 +68,17 @@ PY
     "$py" -m pip install -q -c scripts/ros/jazzy-constraints.txt "${reqs[@]}" || return 1
     echo "install.sh: ROS 2 Jazzy wheels ready after $((SECONDS - t0)) s"
   fi
+  if [ "$ros_mode" = system ]; then
+    # the sourced ROS provides rclpy; a venv made earlier in wheel mode must not put its ROS
+    # libraries on LD_LIBRARY_PATH (the wheels' ros_wheels_bootstrapper.pth does that)
+    if "$py" -m pip show -q ros-wheels-bootstrapper >/dev/null 2>&1; then
+      echo "install.sh: ROS 2 $ROS_DISTRO is sourced: removing ros-wheels-bootstrapper from $venv (recreate $venv to drop the other ROS wheels)"
+      "$py" -m pip uninstall -q -y ros-wheels-bootstrapper || return 1
+    fi
+    if ! command -v colcon >/dev/null 2>&1 && [ ! -x "$venv/bin/colcon" ]; then
+      "$py" -m pip install -q -c scripts/ros/jazzy-constraints.txt colcon-common-extensions || return 1
+    fi
+  fi
   t0=$SECONDS
   "$py" scripts/ros/interfaces.py --mode "$ros_mode" || return 1
   echo "install.sh: ROS 2 interface packages ready after $((SECONDS - t0)) s"

@@ -4,11 +4,16 @@ Usage::
 
     ros2 launch refavs_ros refavs.launch.py image_topic:=/camera/image_raw audio_topic:=/audio
     ros2 launch refavs_ros refavs.launch.py start_microphone:=true namespace:=robot1/refavs
+    ros2 launch refavs_ros refavs.launch.py image_topic:=/camera/camera/color/image_raw \
+        depth_enabled:=true depth_topic:=/camera/camera/aligned_depth_to_color/image_raw \
+        depth_info_topic:=/camera/camera/aligned_depth_to_color/camera_info     # RGB-D
 
 Arguments: namespace, image_topic, audio_topic, command_topic, params_file, use_sim_time,
-autostart, log_level, start_microphone (see each DeclareLaunchArgument below). The node's
-relative topics (image, image/compressed, audio, command) are remapped to the given topics;
-outputs (mask, detections, active_command, debug/overlay) live in the namespace.
+autostart, log_level, start_microphone, depth_enabled, depth_topic, depth_info_topic (see each
+DeclareLaunchArgument below). The node's relative topics (image, image/compressed, audio,
+command, depth/image, depth/camera_info) are remapped to the given topics; outputs (mask,
+detections, active_command, debug/overlay, and with depth target_point, goal_pose,
+detections_3d, debug/marker) live in the namespace.
 
 Only launch / launch_ros APIs are used (no eval): the lifecycle transitions are made by the node
 itself when its ``autostart`` parameter is true, so the file works on Humble and Jazzy alike.
@@ -33,6 +38,9 @@ def generate_launch_description() -> LaunchDescription:
     use_sim_time = ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
     autostart = ParameterValue(LaunchConfiguration("autostart"), value_type=bool)
     log_level = LaunchConfiguration("log_level")
+    depth_enabled = ParameterValue(LaunchConfiguration("depth_enabled"), value_type=bool)
+    depth_topic = LaunchConfiguration("depth_topic")
+    depth_info_topic = LaunchConfiguration("depth_info_topic")
 
     arguments = [
         DeclareLaunchArgument("namespace", default_value="refavs",
@@ -57,6 +65,14 @@ def generate_launch_description() -> LaunchDescription:
                               description="ROS log level: debug, info, warn, error, fatal"),
         DeclareLaunchArgument("start_microphone", default_value="false",
                               description="also start audio_capture_node publishing on audio_topic"),
+        DeclareLaunchArgument("depth_enabled", default_value="false",
+                              description="subscribe a registered depth image + camera info and publish "
+                                          "target_point, goal_pose, detections_3d, debug/marker"),
+        DeclareLaunchArgument("depth_topic", default_value="/camera/aligned_depth_to_color/image_raw",
+                              description="sensor_msgs/Image depth registered to image_topic (16UC1 mm or "
+                                          "32FC1 m; realsense2_camera: align_depth.enable:=true)"),
+        DeclareLaunchArgument("depth_info_topic", default_value="/camera/aligned_depth_to_color/camera_info",
+                              description="sensor_msgs/CameraInfo of the depth image"),
     ]
 
     refavs_node = LifecycleNode(
@@ -65,12 +81,15 @@ def generate_launch_description() -> LaunchDescription:
         name="refavs_node",
         namespace=namespace,
         output="screen",
-        parameters=[params_file, {"use_sim_time": use_sim_time, "autostart": autostart}],
+        parameters=[params_file, {"use_sim_time": use_sim_time, "autostart": autostart,
+                                  "depth_enabled": depth_enabled}],
         remappings=[
             ("image", image_topic),
             ("image/compressed", [image_topic, "/compressed"]),
             ("audio", audio_topic),
             ("command", command_topic),
+            ("depth/image", depth_topic),
+            ("depth/camera_info", depth_info_topic),
         ],
         arguments=["--ros-args", "--log-level", log_level],
     )

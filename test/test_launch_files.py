@@ -10,7 +10,7 @@ import pytest
 
 LAUNCH_DIR = Path(__file__).resolve().parents[1] / "launch"
 MAIN_ARGS = {"namespace", "image_topic", "audio_topic", "command_topic", "params_file", "use_sim_time",
-             "autostart", "log_level", "start_microphone"}
+             "autostart", "log_level", "start_microphone", "depth_enabled", "depth_topic", "depth_info_topic"}
 REPLAY_ARGS = {"bag", "rate", "namespace", "image_topic", "audio_topic", "command_topic", "params_file",
                "log_level"}
 
@@ -50,7 +50,8 @@ def test_main_launch_arguments_and_remappings() -> None:
     assert _declared_arguments(tree) == MAIN_ARGS
     source = (LAUNCH_DIR / "refavs.launch.py").read_text()
     for remap in ('("image", image_topic)', '("image/compressed", [image_topic, "/compressed"])',
-                  '("audio", audio_topic)', '("command", command_topic)'):
+                  '("audio", audio_topic)', '("command", command_topic)', '("depth/image", depth_topic)',
+                  '("depth/camera_info", depth_info_topic)'):
         assert remap in source
     (lifecycle,) = _calls(tree, "LifecycleNode")
     keywords = {k.arg: k.value for k in lifecycle.keywords}

@@ -6,8 +6,12 @@ detector) and returns a :class:`Hypothesis`: normalised text and a confidence in
 
 * ``grammar`` (:class:`GrammarBackend`): pocketsphinx 5 (CMU, BSD licence; PyPI
   ``pocketsphinx``) with its bundled US-English acoustic model and CMUdict, searching ONLY the
-  sentences of the command grammar (:meth:`Vocabulary.to_jsgf`, JSGF). Confidence: the mean
-  posterior of the recognised words from pocketsphinx's word lattice.
+  sentences of the command grammar (:meth:`Vocabulary.to_jsgf`, JSGF). A grammar always
+  yields its closest sentence, even for speech that is no command, so the same audio is also
+  decoded with a free phone loop (a "garbage" model: any sequence of the 39 CMUdict phones);
+  the confidence is a logistic function of the per-frame log-score ratio of the two paths
+  (the classic filler-model likelihood-ratio test of keyword spotting, e.g. Rose & Paul,
+  ICASSP 1990): speech that the grammar explains about as well as free phones do is a command.
 * ``pocketsphinx`` (:class:`PocketsphinxLMBackend`): the same decoder with the bundled general
   trigram language model (``en-us.lm.bin``); open vocabulary, weak on synthetic speech.
 * ``whisper`` (:class:`WhisperBackend`): transformers ``WhisperForConditionalGeneration`` +
@@ -110,30 +114,118 @@ def _dictionary_variants(decoder, word: str) -> list[str]:
         k += 1
 
 
+def _add_pronunciations(decoder, words: set[str], vocabulary: Vocabulary) -> list[str]:
+    """Add the vocabulary's pronunciations of ``words`` to a decoder; return words still unknown."""
+    missing = []
+    for w in sorted(words):
+        known = _dictionary_variants(decoder, w)
+        extra = [p for p in vocabulary.pronunciation_list(w) if p not in known]
+        if not known and not extra:
+            missing.append(w)
+            continue
+        for phones in extra:
+            k = len(known) + 1
+            decoder.add_word(w if k == 1 else f"{w}({k})", phones, False)
+            known.append(phones)
+    return missing
+
+
+def _new_decoder(ps, what: str, **kwargs):
+    for key in ("hmm", "dict", "lm"):
+        if kwargs.get(key) is not None and not Path(kwargs[key]).exists():
+            raise ModelLoadError(f"pocketsphinx {key} {str(kwargs[key])!r} does not exist")
+    try:
+        return ps.Decoder(samprate=SAMPLE_RATE, loglevel="FATAL", dither=True, **kwargs)
+    except (RuntimeError, ValueError) as exc:
+        raise ModelLoadError(f"pocketsphinx could not load {what} ({kwargs.get('hmm') or 'bundled en-us'}): "
+                             f"{exc}") from None
+
+
+class _Stream:
+    """One pocketsphinx decoder used utterance by utterance, whole or fed incrementally."""
+
+    def __init__(self, decoder) -> None:
+        self.decoder = decoder
+        self.active = False
+
+    def begin(self) -> None:
+        if self.active:
+            self.decoder.end_utt()
+        self.decoder.start_utt()
+        self.active = True
+
+    def feed(self, x: np.ndarray) -> None:
+        if not self.active:
+            self.begin()
+        self.decoder.process_raw(_pcm16(x), False, False)
+
+    def end(self) -> tuple[str, float | None, tuple[tuple[str, float], ...], int]:
+        """Finish the utterance: (text, natural-log path score or None, word posteriors, frames)."""
+        d = self.decoder
+        if not self.active:
+            return "", None, (), 0
+        d.end_utt()
+        self.active = False
+        hyp = d.hyp()
+        words: list[tuple[str, float]] = []
+        if hyp is None or not hyp.hypstr:
+            return "", None, (), d.n_frames()
+        for seg in d.seg():
+            w = seg.word
+            if not w or w[0] in "<[+(":
+                continue  # <s>, </s>, <sil>, [NOISE], +BREATH+, (NULL) ... fillers
+            words.append((_ALT_PRON.sub("", w).lower(), float(np.clip(seg.prob, 0.0, 1.0))))
+        text = normalise_text(" ".join(w for w, _ in words))
+        score = float(np.log(hyp.score)) if hyp.score > 0 else None
+        return text, score, tuple(words), d.n_frames()
+
+    def cancel(self) -> None:
+        if self.active:
+            self.decoder.end_utt()
+            self.active = False
+
+
 class _SphinxBase:
-    """Shared pocketsphinx decoding: one utterance per call, word posteriors from the lattice."""
+    """pocketsphinx decoding of one utterance, whole (:meth:`transcribe`) or streamed
+    (:meth:`begin`, :meth:`feed` while the person speaks, :meth:`end`), so only the last
+    fraction of a second remains to decode when the utterance ends."""
 
     name = ""
     constrained = False
 
-    def _decode(self, samples_16k: np.ndarray) -> Hypothesis:
-        x = _check_utterance(samples_16k)
+    def __init__(self) -> None:
+        self._streams: list[_Stream] = []
+        self._t = 0.0
+
+    def begin(self) -> None:
+        """Start an utterance (streaming)."""
+        self._t = 0.0
+        for s in self._streams:
+            s.begin()
+
+    def feed(self, samples_16k: np.ndarray) -> None:
+        """Decode the next samples of the utterance: float32 (N,) 16 kHz mono."""
         t0 = time.perf_counter()
-        d = self._decoder
-        d.start_utt()
-        d.process_raw(_pcm16(x), no_search=False, full_utt=True)
-        d.end_utt()
-        hyp = d.hyp()
-        words: list[tuple[str, float]] = []
-        if hyp is not None and hyp.hypstr:
-            for seg in d.seg():
-                w = seg.word
-                if not w or w[0] in "<[+(":
-                    continue  # <s>, </s>, <sil>, [NOISE], +BREATH+, (NULL) ... fillers
-                words.append((_ALT_PRON.sub("", w).lower(), float(np.clip(seg.prob, 0.0, 1.0))))
-        text = normalise_text(" ".join(w for w, _ in words))
+        x = np.asarray(samples_16k, np.float32)
+        for s in self._streams:
+            s.feed(x)
+        self._t += time.perf_counter() - t0
+
+    def cancel(self) -> None:
+        """Abandon the utterance in progress."""
+        for s in self._streams:
+            s.cancel()
+
+    def end(self) -> Hypothesis:
+        """Finish the utterance; ``decode_sec`` counts the feeding too."""
+        t0 = time.perf_counter()
+        hyp = self._result()
+        return Hypothesis(hyp.text, hyp.confidence, hyp.words, self._t + time.perf_counter() - t0)
+
+    def _result(self) -> Hypothesis:
+        text, _, words, _ = self._streams[0].end()
         conf = float(np.mean([p for _, p in words])) if words and text else 0.0
-        return Hypothesis(text, conf, tuple(words), time.perf_counter() - t0)
+        return Hypothesis(text, conf, words)
 
     def transcribe(self, samples_16k: np.ndarray) -> Hypothesis:
         """Recognise one utterance.
@@ -147,11 +239,24 @@ class _SphinxBase:
         Raises:
             InputError: empty, non-float, multi-channel or NaN/inf input.
         """
-        return self._decode(samples_16k)
+        x = _check_utterance(samples_16k)
+        self.begin()
+        self.feed(x)
+        return self.end()
+
+
+PHONES = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW "
+          "V W Y Z ZH").split()
+"""The 39 phones of CMUdict / the pocketsphinx en-us acoustic model (the garbage loop)."""
 
 
 class GrammarBackend(_SphinxBase):
     """pocketsphinx constrained to the command grammar (the default backend).
+
+    Confidence: ``1 / (1 + exp(-(r - reject_margin) / reject_scale))`` with ``r`` the
+    per-frame log-score ratio (x 1000, natural log of pocketsphinx's scaled path scores)
+    between the grammar path and a free phone loop decoded from the same audio; 0.5 at
+    ``r = reject_margin``.
 
     Args:
         vocabulary: the command vocabulary (its JSGF grammar is searched).
@@ -160,11 +265,15 @@ class GrammarBackend(_SphinxBase):
         hmm: acoustic model directory; None = pocketsphinx's bundled ``en-us``.
         dictionary: pronunciation dictionary file; None = the bundled ``cmudict-en-us.dict``.
         beam: pocketsphinx ``beam`` (log-probability pruning, smaller keeps more paths).
+        reject_margin: log-score ratio at which the confidence is 0.5 (see above).
+        reject_scale: its spread (> 0).
+        garbage: decode the phone loop too (False: confidence = mean word posterior of the
+            lattice, which does not tell commands from other speech).
 
     Raises:
         BackendUnavailableError: pocketsphinx is not installed.
-        ConfigError: grammar words without a pronunciation (listed), or a grammar pocketsphinx
-            rejects.
+        ConfigError: grammar words without a pronunciation (listed), a grammar pocketsphinx
+            rejects, or a bad ``reject_scale``.
         ModelLoadError: the acoustic model or dictionary cannot be loaded (path named).
     """
 
@@ -172,44 +281,56 @@ class GrammarBackend(_SphinxBase):
     constrained = True
 
     def __init__(self, vocabulary: Vocabulary, wake_phrase: str = "", *, hmm: str | None = None,
-                 dictionary: str | None = None, beam: float = 1e-48) -> None:
+                 dictionary: str | None = None, beam: float = 1e-48, reject_margin: float = 0.3,
+                 reject_scale: float = 0.3, garbage: bool = True, cmn: str = "live") -> None:
+        super().__init__()
         ps = _import_pocketsphinx()
+        if not reject_scale > 0:
+            raise ConfigError(f"reject_scale must be > 0, got {reject_scale!r}")
         self.vocabulary = vocabulary
-        kwargs = {"lm": None, "samprate": SAMPLE_RATE, "loglevel": "FATAL", "beam": beam, "bestpath": False,
-                  "dither": True}
-        if hmm is not None:
-            kwargs["hmm"] = str(hmm)
-        if dictionary is not None:
-            kwargs["dict"] = str(dictionary)
-        for key in ("hmm", "dict"):
-            if key in kwargs and not Path(kwargs[key]).exists():
-                raise ModelLoadError(f"pocketsphinx {key} {kwargs[key]!r} does not exist")
-        try:
-            self._decoder = ps.Decoder(**kwargs)
-        except (RuntimeError, ValueError) as exc:
-            raise ModelLoadError(f"pocketsphinx could not load its model ({kwargs.get('hmm', 'bundled en-us')}): "
-                                 f"{exc}") from None
-        words = set(vocabulary.words()) | set(normalise_text(wake_phrase).split())
-        missing = []
-        for w in sorted(words):
-            known = _dictionary_variants(self._decoder, w)
-            extra = [p for p in vocabulary.pronunciation_list(w) if p not in known]
-            if not known and not extra:
-                missing.append(w)
-                continue
-            for phones in extra:
-                k = len(known) + 1
-                self._decoder.add_word(w if k == 1 else f"{w}({k})", phones, False)
-                known.append(phones)
+        self.reject_margin = float(reject_margin)
+        self.reject_scale = float(reject_scale)
+        # bestpath off: the lattice best path of pocketsphinx's FSG search drops words; dither
+        # (in _new_decoder): digital silence (exact zeros, as in synthesised speech) otherwise
+        # skews the features; live CMN: the utterance is fed incrementally
+        kwargs = {"lm": None, "beam": beam, "bestpath": False, "cmn": cmn, "hmm": hmm, "dict": dictionary}
+        kwargs = {k: v for k, v in kwargs.items() if v is not None or k == "lm"}
+        decoder = _new_decoder(ps, "the acoustic model", **kwargs)
+        missing = _add_pronunciations(decoder, set(vocabulary.words()) | set(normalise_text(wake_phrase).split()),
+                                      vocabulary)
         if missing:
             raise ConfigError(f"voice vocabulary {vocabulary.source or ''}: no pronunciation for {missing}; "
                               "add them under 'pronunciations' (ARPAbet)")
         self.jsgf = vocabulary.to_jsgf(wake_phrase)
         try:
-            self._decoder.add_jsgf_string("commands", self.jsgf)
-            self._decoder.activate_search("commands")
+            decoder.add_jsgf_string("commands", self.jsgf)
+            decoder.activate_search("commands")
         except (RuntimeError, ValueError) as exc:
             raise ConfigError(f"pocketsphinx rejected the command grammar: {exc}") from None
+        self._streams = [_Stream(decoder)]
+        if garbage:
+            gd = _new_decoder(ps, "the acoustic model", **kwargs)
+            for p in PHONES:
+                gd.add_word(f"phone_{p.lower()}", p, False)
+            loop = ("#JSGF V1.0;\ngrammar garbage;\npublic <garbage> = ( "
+                    + " | ".join(f"phone_{p.lower()}" for p in PHONES) + " )+;\n")
+            gd.add_jsgf_string("garbage", loop)
+            gd.activate_search("garbage")
+            self._streams.append(_Stream(gd))
+
+    def _result(self) -> Hypothesis:
+        text, score, words, frames = self._streams[0].end()
+        if len(self._streams) == 1:
+            conf = float(np.mean([p for _, p in words])) if words and text else 0.0
+            return Hypothesis(text, conf, words)
+        _, gscore, _, _ = self._streams[1].end()
+        if not text or score is None:
+            return Hypothesis(text, 0.0, words)
+        if gscore is None or frames <= 0:
+            return Hypothesis(text, 1.0, words)
+        ratio = 1000.0 * (score - gscore) / frames
+        z = float(np.clip((ratio - self.reject_margin) / self.reject_scale, -50.0, 50.0))
+        return Hypothesis(text, float(1.0 / (1.0 + np.exp(-z))), words)
 
 
 class PocketsphinxLMBackend(_SphinxBase):
@@ -229,25 +350,19 @@ class PocketsphinxLMBackend(_SphinxBase):
     constrained = False
 
     def __init__(self, *, lm: str | None = None, hmm: str | None = None, dictionary: str | None = None,
-                 extra_pronunciations: dict[str, str] | None = None) -> None:
+                 extra_pronunciations: dict[str, str | list[str]] | None = None) -> None:
+        super().__init__()
         ps = _import_pocketsphinx()
-        kwargs = {"samprate": SAMPLE_RATE, "loglevel": "FATAL", "dither": True}
-        for key, value in (("lm", lm), ("hmm", hmm), ("dict", dictionary)):
-            if value is not None:
-                if not Path(value).exists():
-                    raise ModelLoadError(f"pocketsphinx {key} {str(value)!r} does not exist")
-                kwargs[key] = str(value)
-        try:
-            self._decoder = ps.Decoder(**kwargs)
-        except (RuntimeError, ValueError) as exc:
-            raise ModelLoadError(f"pocketsphinx could not load its language model: {exc}") from None
+        kwargs = {k: str(v) for k, v in (("lm", lm), ("hmm", hmm), ("dict", dictionary)) if v is not None}
+        decoder = _new_decoder(ps, "its language model", cmn="live", **kwargs)
         for w, value in (extra_pronunciations or {}).items():
-            known = _dictionary_variants(self._decoder, w)
+            known = _dictionary_variants(decoder, w)
             for phones in value if isinstance(value, list) else [value]:
                 if phones not in known:
                     k = len(known) + 1
-                    self._decoder.add_word(w if k == 1 else f"{w}({k})", phones, False)
+                    decoder.add_word(w if k == 1 else f"{w}({k})", phones, False)
                     known.append(phones)
+        self._streams = [_Stream(decoder)]
 
 
 class WhisperBackend:

@@ -87,6 +87,9 @@ setup(
             "ros-jazzy-ament-cmake-pytest==2.5.4",
             "ros-jazzy-python-cmake-module==0.11.1",
         ],
+        # voice commands (refavs_ros.voice): pocketsphinx ships its US-English model; silero-vad
+        # ships its ONNX VAD (run with onnxruntime; its torchaudio extra is not needed)
+        "voice": ["pocketsphinx>=5.0,<6", "silero-vad>=5.1"],
     },
     zip_safe=False,
     entry_points={

@@ -80,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from refavs_ros.scenes import generate_scene
     from refavs_ros.scenes.speech import speak_scene
-    from refavs_ros.voice import RecognizerConfig, VadConfig, VoiceCommandRecognizer, normalise_text
+    from refavs_ros.voice import (
+        RecognizerConfig,
+        VadConfig,
+        VoiceCommandRecognizer,
+        normalise_text,
+    )
 
     kw = {}
     if args.threshold is not None:

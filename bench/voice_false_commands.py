@@ -122,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
 
+    import tempfile
+
     from refavs_ros.scenes.media import _convert_with_sox
     from refavs_ros.voice import RecognizerConfig, VoiceCommandRecognizer
-
-    import tempfile
 
     files = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -47,7 +47,7 @@ py="$venv/bin/python"
 if [ -n "$torch_req" ]; then
   "$py" -m pip install -q "$torch_req"
 fi
-"$py" -m pip install -q -e ".[test,mic]"
+"$py" -m pip install -q -e ".[test,mic,voice]"
 echo "install.sh: venv, torch and refavs_ros ready after ${SECONDS} s"
 
 # ROS 2 step (4.): prints its stage times; returns non-zero on failure

@@ -265,8 +265,9 @@ def write_scene_bag(
     start = min(int(stamps.min()) if stamps.size else audio_start, audio_start)
     path = Path(path)
     with BagWriter(path, storage=storage, overwrite=overwrite) as bag:
-        bag.write(TOPIC_COMMAND, msgs.STRING, conversions.string_message(str(scene.expression)), start,
-                  qos=LATCHED_QOS)
+        if not info.get("spoken_command"):  # spoken-command scenes: the command is in the audio only
+            bag.write(TOPIC_COMMAND, msgs.STRING, conversions.string_message(str(scene.expression)), start,
+                      qos=LATCHED_QOS)
         bag.write(TOPIC_SCENE_INFO, msgs.STRING, conversions.string_message(json.dumps(info, sort_keys=True)),
                   start, qos=LATCHED_QOS)
         events: list[tuple[int, int, Any]] = []  # (stamp, order, writer thunk args)

@@ -143,7 +143,7 @@ def speak_scene(scene, snr_db: float, seed: int = 0, *, voices: tuple[str, ...] 
     sr = int(scene.sample_rate)
     speech = synthesize(scene.expression, voice, rate, pitch, sr)
     audio = scene.audio.astype(np.float32) / 32768.0
-    start = int(round(start_sec * sr))
+    start = round(start_sec * sr)
     end = start + speech.size
     if end > audio.size:
         raise ConfigError(f"spoken command of {speech.size / sr:.2f} s does not fit in the "

@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="horizontal field of view of the depth camera in degrees (default 60)")
     p.add_argument("--depth-scale", type=float, default=1.0,
                    help="depth image size / colour image size, (0, 1] (default 1)")
+    p.add_argument("--spoken-command", type=float, nargs="?", const=20.0, default=None, metavar="SNR_DB",
+                   help="speak the command with espeak-ng into the scene audio at this speech-to-scene SNR in dB "
+                        "(voice benchmark levels 20, 10, 5, 0; default 20 when given without a value); the bag "
+                        "then has no text command topic and scene_info carries the ground truth "
+                        "(refavs_ros.scenes.speech). --snr-db adds ambient noise on top, as for any scene")
     p.add_argument("--overwrite", action="store_true", help="replace bags that already exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -109,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         for index in tqdm(indices, desc=f"refavs-scenes {args.split}", unit="scene", disable=args.quiet):
             scene = generate_scene(args.split, index, args.seed, config)
+            if args.spoken_command is not None:
+                from refavs_ros.scenes.speech import speak_scene
+
+                scene = speak_scene(scene, args.spoken_command, args.seed)
             write_scene_bag(scene, out / scene_id(args.split, index), storage=args.storage,
                             overwrite=args.overwrite)
             kinds[scene.kind] += 1

@@ -29,7 +29,12 @@ from typing import Protocol
 
 import numpy as np
 
-from refavs_ros.errors import BackendUnavailableError, ConfigError, InputError, ModelLoadError
+from refavs_ros.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    InputError,
+    ModelLoadError,
+)
 from refavs_ros.voice.vocabulary import Vocabulary, normalise_text
 
 BACKENDS = ("grammar", "pocketsphinx", "whisper")
@@ -245,8 +250,7 @@ class _SphinxBase:
         return self.end()
 
 
-PHONES = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW "
-          "V W Y Z ZH").split()
+PHONES = ["AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY", "F", "G", "HH", "IH", "IY", "JH", "K", "L", "M", "N", "NG", "OW", "OY", "P", "R", "S", "SH", "T", "TH", "UH", "UW", "V", "W", "Y", "Z", "ZH"]
 """The 39 phones of CMUdict / the pocketsphinx en-us acoustic model (the garbage loop)."""
 
 
@@ -407,7 +411,9 @@ class WhisperBackend:
         self.model.eval().to(device)
         self.device = device
         self.language = language
-        self.max_new_tokens = max_new_tokens
+        # the prompt (start, language, task, no-timestamps tokens) shares the decoder's positions
+        limit = int(getattr(self.model.config, "max_target_positions", 448)) - 4
+        self.max_new_tokens = max(1, min(max_new_tokens, limit))
         self.num_threads = num_threads
         self._torch = torch
         self.multilingual = bool(getattr(self.model.generation_config, "is_multilingual", False))
@@ -428,8 +434,7 @@ class WhisperBackend:
         torch = self._torch
         t0 = time.perf_counter()
         feats = self.processor(x, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features.to(self.device)
-        kwargs = {"max_new_tokens": self.max_new_tokens, "return_dict_in_generate": True, "output_scores": True,
-                  "do_sample": False, "num_beams": 1}
+        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": False, "num_beams": 1}
         if self.multilingual and self.language:
             kwargs.update(language=self.language, task="transcribe")
         old_threads = torch.get_num_threads()
@@ -437,21 +442,19 @@ class WhisperBackend:
             torch.set_num_threads(self.num_threads)
         try:
             with torch.inference_mode():
-                out = self.model.generate(feats, **kwargs)
+                seqs = self.model.generate(feats, **kwargs)
+                if not isinstance(seqs, torch.Tensor):
+                    seqs = seqs.sequences
+                # token log-probabilities by one teacher-forced pass over the generated sequence
+                logits = self.model(input_features=feats, decoder_input_ids=seqs[:, :-1]).logits
+                logp = torch.log_softmax(logits.float(), dim=-1)[0]
         finally:
             if self.num_threads:
                 torch.set_num_threads(old_threads)
-        seqs = out.sequences
         text = self.processor.batch_decode(seqs, skip_special_tokens=True)[0]
-        # log-probabilities of the tokens actually generated (the last len(scores) of the sequence)
-        scores = out.scores or ()
-        logps = []
-        gen = seqs[0, seqs.shape[1] - len(scores):]
         special = set(self.processor.tokenizer.all_special_ids)
-        for step, tok in zip(scores, gen.tolist()):
-            if tok in special:
-                continue
-            logps.append(float(torch.log_softmax(step[0].float(), dim=-1)[tok]))
+        targets = seqs[0, 1:].tolist()
+        logps = [float(logp[i, tok]) for i, tok in enumerate(targets) if tok not in special]
         norm = normalise_text(text)
         conf = float(np.exp(np.mean(logps))) if logps and norm else 0.0
         return Hypothesis(norm, conf, (), time.perf_counter() - t0)

@@ -36,7 +36,14 @@ import numpy as np
 from refavs_ros.audio import to_mono_16k
 from refavs_ros.errors import ConfigError, InputError
 from refavs_ros.voice.asr import BACKENDS, AsrBackend, Hypothesis, build_backend
-from refavs_ros.voice.vad import RATE, WINDOW, Segment, SileroVad, UtteranceSegmenter, VadConfig
+from refavs_ros.voice.vad import (
+    RATE,
+    WINDOW,
+    Segment,
+    SileroVad,
+    UtteranceSegmenter,
+    VadConfig,
+)
 from refavs_ros.voice.vocabulary import Vocabulary, normalise_text
 
 MATCH_MODES = ("grammar", "vocabulary", "any")
@@ -400,8 +407,8 @@ class VoiceCommandRecognizer:
     def _decide(self, hyp: Hypothesis, start_ns: int, end_ns: int, warnings: tuple[str, ...]) -> Transcript:
         cfg = self.config
         text = hyp.text
-        common = dict(text=text, confidence=hyp.confidence, start_ns=start_ns, end_ns=end_ns,
-                      backend=self.backend.name, decode_sec=hyp.decode_sec, warnings=warnings)
+        common = {"text": text, "confidence": hyp.confidence, "start_ns": start_ns, "end_ns": end_ns,
+                      "backend": self.backend.name, "decode_sec": hyp.decode_sec, "warnings": warnings}
         if not text:
             return Transcript(accepted=False, reason="no words", **common)
         command = text

@@ -23,7 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from refavs_ros.errors import BackendUnavailableError, ConfigError, InputError, ModelLoadError
+from refavs_ros.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    InputError,
+    ModelLoadError,
+)
 
 WINDOW = 512
 """Samples per VAD window at 16 kHz (32 ms); the model takes exactly this many."""
@@ -75,7 +80,7 @@ class SileroVad:
         opts.inter_op_num_threads = 1
         try:
             self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own (unexported) types
             raise ModelLoadError(f"cannot load the VAD model {str(path)!r}: {exc}") from None
         self.model_path = path
         self._sr = np.array(RATE, dtype=np.int64)
@@ -203,10 +208,10 @@ class UtteranceSegmenter:
 
     def __init__(self, config: VadConfig = VadConfig()) -> None:
         self.config = config.validated()
-        self._pad = int(round(config.speech_pad_sec * RATE))
-        self._min_speech = int(round(config.min_speech_sec * RATE))
-        self._min_silence = int(round(config.min_silence_sec * RATE))
-        self._max_len = int(round(config.max_utterance_sec * RATE))
+        self._pad = round(config.speech_pad_sec * RATE)
+        self._min_speech = round(config.min_speech_sec * RATE)
+        self._min_silence = round(config.min_silence_sec * RATE)
+        self._max_len = round(config.max_utterance_sec * RATE)
         self.reset()
 
     def reset(self, position: int = 0) -> None:

@@ -315,11 +315,12 @@ class Vocabulary:
                 content is malformed.
         """
         if path is None:
+            from refavs_ros.errors import ModelLoadError
             from refavs_ros.resources import find_shipped
 
             try:
                 path = find_shipped(DEFAULT_VOCABULARY)
-            except Exception as exc:  # ModelLoadError: report as a config problem
+            except ModelLoadError as exc:  # report as a config problem
                 raise ConfigError(f"default voice vocabulary not found: {exc}") from None
         p = Path(path)
         if not p.is_file():

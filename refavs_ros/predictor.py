@@ -235,6 +235,21 @@ class AudioRing:
             self.data = self.data[excess:]
             self.start += excess
 
+    def scale_span(self, start_ns: int, end_ns: int, gain: float) -> int:
+        """Multiply the buffered samples stamped in [start_ns, end_ns) by ``gain``.
+
+        Returns:
+            Number of samples changed (0 when the span is not buffered).
+        """
+        if self.origin_ns is None or end_ns <= start_ns:
+            return 0
+        a = max(self.index_at(start_ns), self.start)
+        b = min(self.index_at(end_ns), self.end)
+        if b <= a:
+            return 0
+        self.data[a - self.start : b - self.start] *= np.float32(gain)
+        return b - a
+
     def window(self, end_index: int, length: int) -> np.ndarray:
         """Samples [end_index - length, end_index) as float32 (length,), zeros where not buffered."""
         out = np.zeros(length, np.float32)
@@ -375,6 +390,27 @@ class StreamingPredictor:
         if self.config.zero_audio:
             mono = np.zeros_like(mono)
         self._audio.push(int(stamp_ns), mono)
+
+    def suppress_audio(self, start_ns: int, end_ns: int, gain: float = 0.0) -> int:
+        """Scale the buffered audio stamped in [start_ns, end_ns) by ``gain`` (0 = silence).
+
+        Used for voice commands (issue 9): the person giving the command is not the sounding
+        object it refers to, so their speech is removed from what the model hears. Frames
+        stepped after this call see the suppressed audio; frames already in the cached memory
+        keep what they heard.
+
+        Args:
+            start_ns, end_ns: the span (ns, header-stamp time line). gain: in [0, 1].
+
+        Returns:
+            Samples changed (0 when the span is no longer, or not yet, buffered).
+
+        Raises:
+            ConfigError: ``gain`` outside [0, 1].
+        """
+        if not 0.0 <= float(gain) <= 1.0:
+            raise ConfigError(f"audio suppression gain must be in [0, 1], got {gain!r}")
+        return self._audio.scale_span(int(start_ns), int(end_ns), float(gain))
 
     def push_image(self, stamp_ns: int, image: np.ndarray) -> None:
         """Keep ``image`` as the newest frame (cheap; no inference).

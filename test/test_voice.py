@@ -506,3 +506,79 @@ def test_spoken_command_bags_have_no_text_command(tmp_path):
         msg = r.first_message(TOPIC_SCENE_INFO)
     info = json.loads(msg.message.data)
     assert info["spoken_command"]["snr_db"] == 5.0 and info["spoken_command"]["text"] == info["expression"]
+
+
+# ----------------------------------------------------- in-process mode: pipeline, replay --voice
+
+
+def test_predictor_suppress_audio_span():
+    from refavs_ros.predictor import AudioRing
+
+    ring = AudioRing()
+    ring.push(T0, np.ones(RATE, np.float32))
+    assert ring.scale_span(T0 + 250_000_000, T0 + 500_000_000, 0.0) == RATE // 4
+    assert ring.data[: RATE // 4].min() == 1.0 and ring.data[RATE // 4 : RATE // 2].max() == 0.0
+    assert ring.data[RATE // 2 :].min() == 1.0
+    assert ring.scale_span(T0 + 2 * 10**9, T0 + 3 * 10**9, 0.0) == 0  # not buffered
+
+
+def test_voice_stage_in_the_pipeline_sets_the_command_and_suppresses_the_speech(vocab):
+    from refavs_ros.node.pipeline import MessagePipeline
+    from refavs_ros.node.voice import VoiceOptions, VoiceStage
+    from refavs_ros.rosio import conversions
+
+    class _Pred:  # the part of StreamingPredictor the pipeline and the stage use
+        command = ""
+
+        def __init__(self):
+            self.suppressed = []
+
+        def set_command(self, text):
+            self.command = text
+
+        def push_audio(self, stamp_ns, samples, rate):
+            pass
+
+        def suppress_audio(self, a, b, gain):
+            self.suppressed.append((a, b, gain))
+            return 1
+
+        def reset_memory(self):
+            pass
+
+    rec = VoiceCommandRecognizer(RecognizerConfig(), backend=_FakeBackend(Hypothesis("the red cup", 0.9)),
+                                 vocabulary=vocab, vad=_energy_vad)
+    pred = _Pred()
+    pipe = MessagePipeline(pred, voice=VoiceStage(rec, VoiceOptions(suppression="attenuate", attenuation_db=20)))
+    x = (_burst_stream([(0.5, 1.5)], 3.0) * 32767).astype(np.int16)
+    changes = []
+    for i in range(0, x.size, 512):
+        msg = conversions.array_to_audio_stamped(x[i : i + 512], RATE, T0 + round(i * 1e9 / RATE), "mic", chunk=512)
+        changes += pipe.handle_audio(msg)
+    assert [c.text for c in changes] == ["the red cup"] and pred.command == "the red cup"
+    (a, b, gain), = pred.suppressed
+    assert abs(a - (T0 + 0.35e9)) < 0.05e9 and abs(b - (T0 + 1.65e9)) < 0.05e9 and gain == pytest.approx(0.1)
+    emitted = pipe.voice.emitted[0]
+    assert emitted.emitted_ns >= emitted.command.end_ns
+    with pytest.raises(ConfigError):
+        VoiceOptions(suppression="mute").validated()
+
+
+@needs_espeak
+def test_replay_voice_on_a_spoken_command_bag(tmp_path, capsys):
+    from refavs_ros.tools.replay import main as replay_main
+    from refavs_ros.tools.scenes_cli import main as scenes_main
+
+    # test-seen scene 1 of seed 9 at 64x64: "the rocket on the right" -- a semantic/spatial command
+    assert scenes_main([str(tmp_path / "bags"), "--split", "test-seen", "--count", "2", "--seed", "9", "--width",
+                        "64", "--height", "64", "--fps", "1", "--spoken-command", "20", "--quiet"]) == 0
+    metrics = tmp_path / "m.json"
+    assert replay_main([str(tmp_path / "bags"), "--voice", "--no-progress", "--metrics-json", str(metrics)]) == 0
+    out = capsys.readouterr().out
+    assert "voice: 2 spoken commands" in out
+    voice = json.loads(metrics.read_text())["voice"]
+    assert voice["scenes"] == 2 and 0.0 <= voice["exact_match"] <= 1.0 and voice["wer"] is not None
+    assert voice["audio_hours"] == pytest.approx(16 / 3600, rel=0.05)
+    # without --voice a spoken-command bag has no command: a clear error
+    assert replay_main([str(tmp_path / "bags"), "--no-progress"]) == 2
+    assert "no command" in capsys.readouterr().err

@@ -202,6 +202,9 @@ class MessagePipeline:
             factory in the replay tool).
         options: audio decoding options.
         locator: pairs frames with depth and builds the 3-D outputs; None = no depth.
+        voice: optional in-process voice commands (:class:`refavs_ros.node.voice.VoiceStage`):
+            every decoded audio chunk also goes to the recogniser, and a recognised command is
+            applied like a received one (issue 9).
     """
 
     def __init__(
@@ -211,9 +214,11 @@ class MessagePipeline:
         factory: conversions.MessageFactory | None = None,
         options: PipelineOptions = PipelineOptions(),
         locator: TargetLocator | None = None,
+        voice: Any = None,
     ) -> None:
         self.predictor = predictor
         self.locator = locator
+        self.voice = voice
         self.factory = factory or conversions.default_factory()
         self.options = options
         self.commands = CommandState()
@@ -237,6 +242,8 @@ class MessagePipeline:
         self.predictor.reset_memory()
         self.audio_end_ns = None
         self.last_image_ns = None
+        if self.voice is not None:
+            self.voice.reset()
 
     def av_skew_sec(self, stamp_ns: int) -> float | None:
         """Image stamp minus the end of the newest audio (s; > 0: audio lags), None without audio."""
@@ -282,8 +289,8 @@ class MessagePipeline:
         self.commands.update("", now_ns)
         return CommandChange("", "expired", conversions.string_message("", factory=self.factory))
 
-    def handle_audio(self, msg: Any, stamp_ns: int | None = None) -> None:
-        """Decode an audio message and push it to the predictor.
+    def handle_audio(self, msg: Any, stamp_ns: int | None = None) -> list[CommandChange]:
+        """Decode an audio message and push it to the predictor (and the voice stage, if any).
 
         Args:
             msg: ``audio_common_msgs/AudioStamped`` (mgonzs13) or ``AudioDataStamped`` /
@@ -291,6 +298,10 @@ class MessagePipeline:
             stamp_ns: stamp of the FIRST sample (ns); None = the message's ``header.stamp``
                 (required for ``AudioData``, which has no header: the node stamps it on
                 arrival).
+
+        Returns:
+            The command changes of voice commands this chunk completed (empty without a voice
+            stage); the command's time (for its timeout) is the end of the chunk.
 
         Raises:
             InputError: undecodable message, no samples, bad rate/channels, NaN/inf samples, or
@@ -312,6 +323,17 @@ class MessagePipeline:
         except InputError as exc:
             raise self._rejected(AUDIO, exc) from None
         self.audio_end_ns = stamp_ns + samples.shape[0] * 1_000_000_000 // rate
+        changes: list[CommandChange] = []
+        if self.voice is not None:
+            try:
+                spoken = self.voice.push(stamp_ns, samples, rate, self.predictor)
+            except InputError as exc:
+                raise self._rejected(AUDIO, exc) from None
+            for cmd in spoken:
+                change = self.handle_command(cmd.text, self.audio_end_ns)
+                if change is not None:
+                    changes.append(change)
+        return changes
 
     def handle_depth(self, msg: Any, stamp_ns: int | None = None) -> None:
         """Offer a registered depth image (decoded only if a frame is paired with it).
@@ -445,7 +467,9 @@ class MessagePipeline:
         expired = self.expire_command(now_ns, command_timeout_sec)
         out.command = expired or out.command
         for chunk in batch.audio:
-            self._guard(out, AUDIO, chunk.stamp_ns, self.handle_audio, chunk.item, chunk.stamp_ns)
+            spoken = self._guard(out, AUDIO, chunk.stamp_ns, self.handle_audio, chunk.item, chunk.stamp_ns)
+            if spoken:  # voice commands (in-process recogniser)
+                out.command = spoken[-1]
         if batch.image is not None and enabled:
             image = batch.image
             out.frame = self._guard(out, IMAGE, image.stamp_ns, self.handle_image, image.item,

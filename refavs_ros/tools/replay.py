@@ -143,6 +143,7 @@ class BagReport:
         commands: the command texts in force, in order of appearance.
         geometry: per scored frame, the 3-D and box figures (:class:`FrameGeometry`).
         depth: the bag was replayed with depth (3-D target computed).
+        voice: with ``--voice``, what the recogniser did on this bag (:func:`voice_record`).
     """
 
     path: Path
@@ -160,6 +161,7 @@ class BagReport:
     commands: list[str] = field(default_factory=list)
     geometry: list[FrameGeometry] = field(default_factory=list)
     depth: bool = False
+    voice: dict[str, Any] | None = None
 
 
 def _scene_info(bag: bagio.BagReader, topic: str) -> dict:
@@ -186,6 +188,7 @@ def replay_bag(
     overlay_dir: str | Path | None = None,
     progress: Any = None,
     warn: Callable[[str], None] | None = None,
+    voice: Any = None,
 ) -> BagReport:
     """Replay one bag through ``predictor`` in header-stamp order and score it.
 
@@ -212,6 +215,9 @@ def replay_bag(
         overlay_dir: folder for one overlay PNG per predicted frame; None = none.
         progress: optional tqdm-like object; ``update(1)`` per image, ``total`` grown per bag.
         warn: callback for non-fatal problems (default: print to stderr).
+        voice: a :class:`refavs_ros.node.voice.VoiceStage`: the command is recognised from the
+            bag's audio (the command topic is ignored) and ``report.voice`` records the
+            recognition against ``scene_info["spoken_command"]`` when the bag has one.
 
     Returns:
         A :class:`BagReport`.
@@ -238,7 +244,9 @@ def replay_bag(
         has_command_topic = options.command_topic in topics
         if has_command_topic:
             bag.require(options.command_topic, [msgs.STRING])
-        if options.command is None and not has_command_topic:
+        if voice is not None:
+            has_command_topic = False  # the command comes from the audio
+        if options.command is None and not has_command_topic and voice is None:
             raise BagError(
                 f"no command for {path}: pass --command TEXT or record {options.command_topic} (std_msgs/String)"
             )
@@ -252,7 +260,7 @@ def replay_bag(
         read_topics = [options.audio_topic, options.image_topic, options.gt_topic]
         if use_depth:  # paired depth and camera info before the image of the same stamp
             read_topics[1:1] = [options.depth_topic, options.camera_info_topic]
-        if options.command is None:
+        if options.command is None and has_command_topic:
             read_topics.insert(0, options.command_topic)
         order = bag.read_sorted(read_topics)
     subset = str(info.get("split") or path.resolve().parent.name)
@@ -279,10 +287,18 @@ def replay_bag(
             audio_format=options.audio_format,
         ),
         locator=TargetLocator(options.geometry, max_depth_skew_sec=options.max_depth_skew_sec) if use_depth else None,
+        voice=voice,
     )
     pipeline.reset()
+    if voice is not None:
+        voice.emitted.clear()
     writing = bagio.BagWriter(output, storage=storage) if output is not None else contextlib.nullcontext()
     with writing as writer:
+
+        def record(change: Any, stamp_ns: int) -> None:
+            report.commands.append(change.text)
+            if writer is not None:
+                writer.write(bagio.TOPIC_ACTIVE_COMMAND, msgs.STRING, change.message, stamp_ns, qos=bagio.LATCHED_QOS)
 
         def command(text: str, stamp_ns: int) -> None:
             try:
@@ -305,7 +321,8 @@ def replay_bag(
                 command(str(item.message.data), item.stamp_ns)
             elif item.topic == options.audio_topic:
                 try:
-                    pipeline.handle_audio(item.message, item.stamp_ns)
+                    for change in pipeline.handle_audio(item.message, item.stamp_ns):
+                        record(change, item.stamp_ns)
                 except InputError as exc:
                     report.dropped_audio += 1
                     if not audio_warned:
@@ -323,9 +340,93 @@ def replay_bag(
                 index += 1
                 if progress is not None:
                     progress.update(1)
+    if voice is not None:  # an utterance still in progress at the end of the bag is not recognised
+        report.voice = voice_record(voice.emitted, info.get("spoken_command"),
+                                    _audio_seconds(order.messages, options.audio_topic))
     if has_gt and report.missing_gt:
         warn(f"{path}: {report.missing_gt} predicted frame(s) had no GT mask with the same stamp")
     return report
+
+
+def _audio_seconds(messages: Sequence[bagio.BagMessage], topic: str) -> float:
+    stamps = [m.stamp_ns for m in messages if m.topic == topic]
+    if len(stamps) < 2:
+        return 0.0
+    step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    return (stamps[-1] - stamps[0] + step) / 1e9
+
+
+def voice_record(emitted: Sequence[Any], spoken: dict | None, audio_sec: float) -> dict[str, Any]:
+    """Score the voice commands of one bag against its ground truth.
+
+    Args:
+        emitted: the :class:`refavs_ros.node.voice.EmittedCommand` s of the bag, in order.
+        spoken: ``scene_info["spoken_command"]`` (``text``, ``end_ns``, ...) or None (a bag
+            without a spoken command: every recognised command is a false one).
+        audio_sec: audio replayed (s).
+
+    Returns:
+        ``{"reference", "commands": [{"text", "confidence", "start_ns", "end_ns", "emitted_ns"}],
+        "final", "exact", "word_errors", "words", "latency_ms" (first exact command's
+        publication minus the end of the speech, or None), "extra_commands" (commands other than
+        the first exact one), "audio_sec"}``. ``final`` is the last recognised command, the one in
+        force at the end of the bag ("" when none).
+    """
+    from refavs_ros.voice import normalise_text
+
+    ref = normalise_text(spoken["text"]).split() if spoken else None
+    cmds = [{"text": e.command.text, "confidence": round(float(e.command.confidence), 4),
+             "start_ns": int(e.command.start_ns), "end_ns": int(e.command.end_ns), "emitted_ns": int(e.emitted_ns)}
+            for e in emitted]
+    final = cmds[-1]["text"] if cmds else ""
+    first_ok = next((c for c in cmds if ref is not None and c["text"].split() == ref), None)
+    return {
+        "reference": " ".join(ref) if ref is not None else None,
+        "commands": cmds,
+        "final": final,
+        "exact": None if ref is None else final.split() == ref,
+        "word_errors": None if ref is None else word_errors(ref, final.split()),
+        "words": None if ref is None else len(ref),
+        "latency_ms": None if first_ok is None else (first_ok["emitted_ns"] - int(spoken["end_ns"])) / 1e6,
+        "extra_commands": len(cmds) - (first_ok is not None),
+        "audio_sec": float(audio_sec),
+    }
+
+
+def word_errors(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """Word-level Levenshtein distance (substitutions + deletions + insertions)."""
+    d = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, d[0] = d[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
+    return d[len(hyp)]
+
+
+def voice_summary(reports: Sequence[BagReport]) -> dict[str, Any] | None:
+    """Aggregate :attr:`BagReport.voice` over bags (None when no bag was replayed with --voice).
+
+    Returns:
+        ``{"scenes" (bags with a spoken command), "exact_match", "wer", "latency_ms": {p50, p95,
+        max, mean, frames}, "extra_commands", "audio_hours", "false_commands_per_hour"}``;
+        false commands = every recognised command other than the first exact one per bag.
+    """
+    recs = [r.voice for r in reports if r.voice is not None]
+    if not recs:
+        return None
+    spoken = [v for v in recs if v["reference"] is not None]
+    extra = sum(v["extra_commands"] for v in recs)
+    hours = sum(v["audio_sec"] for v in recs) / 3600.0
+    words = sum(v["words"] for v in spoken)
+    return {
+        "scenes": len(spoken),
+        "exact_match": (sum(bool(v["exact"]) for v in spoken) / len(spoken)) if spoken else None,
+        "wer": (sum(v["word_errors"] for v in spoken) / words) if words else None,
+        "latency_ms": _percentiles([v["latency_ms"] for v in spoken if v["latency_ms"] is not None]),
+        "extra_commands": extra,
+        "audio_hours": hours,
+        "false_commands_per_hour": extra / hours if hours else None,
+    }
 
 
 def _replay_image(
@@ -493,6 +594,7 @@ def replay(
     overlay_dir: str | Path | None = None,
     progress: Any = None,
     warn: Callable[[str], None] | None = None,
+    voice: Any = None,
 ) -> tuple[dict[str, Any], list[BagReport]]:
     """Replay a bag or every bag under a directory and aggregate the metrics.
 
@@ -507,6 +609,8 @@ def replay(
         overlay_dir: overlay folder (one sub-folder per bag when replaying a directory).
         progress: tqdm-like progress bar.
         warn: warning callback.
+        voice: a :class:`refavs_ros.node.voice.VoiceStage` (see :func:`replay_bag`); the summary
+            then has a ``"voice"`` entry (:func:`voice_summary`).
 
     Returns:
         ``(summary, reports)``. ``summary`` is the metrics JSON: ``{"subsets": {name: {...}},
@@ -533,7 +637,7 @@ def replay(
         reports.append(replay_bag(
             bag, predictor, options=options, accumulator=accumulator,
             output=_output_for(root, bag, output_path, single), storage=storage,
-            overlay_dir=overlays, progress=progress, warn=warn,
+            overlay_dir=overlays, progress=progress, warn=warn, voice=voice,
         ))
     return summarize(accumulator, reports), reports
 
@@ -566,6 +670,9 @@ def summarize(accumulator: MetricAccumulator, reports: Sequence[BagReport]) -> d
     }
     summary["out_of_order"] = sum(sum(r.out_of_order.values()) for r in reports)
     summary["geometry"] = summarize_geometry([g for r in reports for g in r.geometry])
+    voice = voice_summary(reports)
+    if voice is not None:
+        summary["voice"] = voice
     return summary
 
 
@@ -611,6 +718,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"3-D target ({name}, {g['frames']} frames): error median {med} m, p95 {p95} m, "
                      f"success (<= {geo['success_m']:g} m) {g['success_rate'] * 100:.1f} %; "
                      f"{g['known']} points, no point: {unknown}")
+    voice = summary.get("voice")
+    if voice is not None:
+        lat = voice["latency_ms"]
+        lines.append(
+            f"voice: {voice['scenes']} spoken commands, exact match {fmt(voice['exact_match'], 100, 1)} %, "
+            f"WER {fmt(voice['wer'], 100, 1)} %, utterance end -> command p50 {fmt(lat['p50'], 1, 0)} ms "
+            f"p95 {fmt(lat['p95'], 1, 0)} ms, false commands {voice['extra_commands']} "
+            f"({fmt(voice['false_commands_per_hour'], 1, 1)} per hour of audio)")
     lines.append("J: mean IoU (%, paper scale); F: F-measure (beta^2 0.3); S: null-frame false positives "
                  "(lower is better); per-frame mode, see docs/replay.md")
     return "\n".join(lines)
@@ -663,8 +778,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"goal distance before the target (m, default {GeometryConfig.standoff_m})")
     p.add_argument("--max-depth-skew", type=float, default=0.05,
                    help="largest |depth stamp - image stamp| paired (s, default 0.05)")
+    p.add_argument("--voice", action="store_true",
+                   help="recognise the command from the bag's audio (refavs_ros.voice; the command topic is "
+                        "ignored) and report exact match, WER, utterance end -> command latency and false "
+                        "commands against scene_info's spoken_command")
+    p.add_argument("--voice-backend", default="grammar", help="voice ASR backend: grammar, pocketsphinx, whisper")
+    p.add_argument("--voice-vocabulary", default="", help="voice vocabulary YAML (default: the shipped one)")
+    p.add_argument("--whisper-dir", default="", help="local Whisper model directory (--voice-backend whisper)")
+    p.add_argument("--voice-suppression", default="zero", choices=("zero", "attenuate", "off"),
+                   help="what the command utterance becomes in the audio memory (default zero)")
+    p.add_argument("--voice-attenuation-db", type=float, default=30.0, help="dB of --voice-suppression attenuate")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def build_voice(args: argparse.Namespace) -> Any:
+    """The :class:`refavs_ros.node.voice.VoiceStage` of ``--voice`` (None without it).
+
+    Raises:
+        ConfigError, ModelLoadError, BackendUnavailableError: from the recogniser.
+    """
+    if not args.voice:
+        return None
+    from refavs_ros.node.voice import VoiceOptions, VoiceStage
+    from refavs_ros.voice import RecognizerConfig, VoiceCommandRecognizer
+
+    rec = VoiceCommandRecognizer(RecognizerConfig(backend=args.voice_backend, vocabulary_path=args.voice_vocabulary,
+                                                  whisper_dir=args.whisper_dir))
+    return VoiceStage(rec, VoiceOptions(suppression=args.voice_suppression,
+                                        attenuation_db=args.voice_attenuation_db))
 
 
 def build_predictor(args: argparse.Namespace) -> Predictor:
@@ -716,13 +858,14 @@ def main(argv: list[str] | None = None) -> int:
             camera_info_topic=args.camera_info_topic, depth=False if args.no_depth else None,
             geometry=GeometryConfig(standoff_m=args.standoff), max_depth_skew_sec=args.max_depth_skew,
         )
+        voice = build_voice(args)
         predictor = build_predictor(args)
         from tqdm import tqdm
 
         with tqdm(total=0, desc=PROG, unit="frame", disable=args.no_progress, file=sys.stderr) as bar:
             summary, _ = replay(
                 args.bag, predictor, options=options, output=args.output, storage=args.storage,
-                overlay_dir=args.overlay_dir, progress=bar,
+                overlay_dir=args.overlay_dir, progress=bar, voice=voice,
             )
         print(format_summary(summary))
         if args.metrics_json:

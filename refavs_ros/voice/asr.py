@@ -152,6 +152,13 @@ class _Stream:
     def __init__(self, decoder) -> None:
         self.decoder = decoder
         self.active = False
+        self.initial_cmn = decoder.get_cmn(False)
+
+    def reset(self) -> None:
+        """Abandon the utterance and restore the initial cepstral mean (live CMN adapts from
+        utterance to utterance; a new stream starts from the model's default)."""
+        self.cancel()
+        self.decoder.set_cmn(self.initial_cmn)
 
     def begin(self) -> None:
         if self.active:
@@ -220,6 +227,12 @@ class _SphinxBase:
         """Abandon the utterance in progress."""
         for s in self._streams:
             s.cancel()
+
+    def reset(self) -> None:
+        """New stream: abandon the utterance and restore the initial cepstral mean, so results
+        do not depend on what an earlier stream said."""
+        for s in self._streams:
+            s.reset()
 
     def end(self) -> Hypothesis:
         """Finish the utterance; ``decode_sec`` counts the feeding too."""

@@ -238,8 +238,11 @@ class VoiceCommandRecognizer:
     # ------------------------------------------------------------------------------ stream
 
     def reset(self) -> None:
-        """Forget the stream and any utterance in progress (keeps transcripts and stats)."""
+        """Forget the stream and any utterance in progress (keeps transcripts and stats); the
+        backend's adaptive state (pocketsphinx's live cepstral mean) starts afresh too."""
         self._end_stream()
+        if hasattr(self.backend, "reset"):
+            self.backend.reset()
         self._base_ns = None
         self._consumed = 0
         self._pending = np.zeros(0, np.float32)

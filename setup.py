@@ -102,6 +102,7 @@ setup(
             "refavs-export = refavs_ros.tools.export:main",
             "refavs_node = refavs_ros.ros.node:main",
             "audio_capture_node = refavs_ros.ros.audio_capture_node:main",
+            "voice_command_node = refavs_ros.ros.voice_command_node:main",
         ],
     },
 )

@@ -7,10 +7,13 @@ Usage::
     ros2 launch refavs_ros refavs.launch.py image_topic:=/camera/camera/color/image_raw \
         depth_enabled:=true depth_topic:=/camera/camera/aligned_depth_to_color/image_raw \
         depth_info_topic:=/camera/camera/aligned_depth_to_color/camera_info     # RGB-D
+    ros2 launch refavs_ros refavs.launch.py start_microphone:=true start_voice:=true   # spoken commands
 
 Arguments: namespace, image_topic, audio_topic, command_topic, params_file, use_sim_time,
-autostart, log_level, start_microphone, depth_enabled, depth_topic, depth_info_topic (see each
-DeclareLaunchArgument below). The node's relative topics (image, image/compressed, audio,
+autostart, log_level, start_microphone, depth_enabled, depth_topic, depth_info_topic,
+start_voice, voice_params_file (see each DeclareLaunchArgument below). start_voice adds
+voice_command_node, which listens on audio_topic and publishes recognised commands on
+command_topic (what refavs_node subscribes to). The node's relative topics (image, image/compressed, audio,
 command, depth/image, depth/camera_info) are remapped to the given topics; outputs (mask,
 detections, active_command, debug/overlay, and with depth target_point, goal_pose,
 detections_3d, debug/marker) live in the namespace.
@@ -73,6 +76,12 @@ def generate_launch_description() -> LaunchDescription:
                                           "32FC1 m; realsense2_camera: align_depth.enable:=true)"),
         DeclareLaunchArgument("depth_info_topic", default_value="/camera/aligned_depth_to_color/camera_info",
                               description="sensor_msgs/CameraInfo of the depth image"),
+        DeclareLaunchArgument("start_voice", default_value="false",
+                              description="also start voice_command_node: speech on audio_topic -> command_topic"),
+        DeclareLaunchArgument("voice_params_file",
+                              default_value=PathJoinSubstitution(
+                                  [FindPackageShare("refavs_ros"), "config", "voice_command.yaml"]),
+                              description="YAML parameter file of voice_command_node"),
     ]
 
     refavs_node = LifecycleNode(
@@ -106,4 +115,16 @@ def generate_launch_description() -> LaunchDescription:
         condition=IfCondition(LaunchConfiguration("start_microphone")),
     )
 
-    return LaunchDescription([*arguments, refavs_node, microphone])
+    voice = LifecycleNode(
+        package="refavs_ros",
+        executable="voice_command_node",
+        name="voice_command_node",
+        namespace=namespace,
+        output="screen",
+        parameters=[LaunchConfiguration("voice_params_file"), {"use_sim_time": use_sim_time, "autostart": autostart}],
+        remappings=[("audio", audio_topic), ("command", command_topic)],
+        arguments=["--ros-args", "--log-level", log_level],
+        condition=IfCondition(LaunchConfiguration("start_voice")),
+    )
+
+    return LaunchDescription([*arguments, refavs_node, microphone, voice])

@@ -10,7 +10,8 @@ import pytest
 
 LAUNCH_DIR = Path(__file__).resolve().parents[1] / "launch"
 MAIN_ARGS = {"namespace", "image_topic", "audio_topic", "command_topic", "params_file", "use_sim_time",
-             "autostart", "log_level", "start_microphone", "depth_enabled", "depth_topic", "depth_info_topic"}
+             "autostart", "log_level", "start_microphone", "depth_enabled", "depth_topic", "depth_info_topic",
+             "start_voice", "voice_params_file"}
 REPLAY_ARGS = {"bag", "rate", "namespace", "image_topic", "audio_topic", "command_topic", "params_file",
                "log_level"}
 
@@ -53,9 +54,11 @@ def test_main_launch_arguments_and_remappings() -> None:
                   '("audio", audio_topic)', '("command", command_topic)', '("depth/image", depth_topic)',
                   '("depth/camera_info", depth_info_topic)'):
         assert remap in source
-    (lifecycle,) = _calls(tree, "LifecycleNode")
+    lifecycle, voice = _calls(tree, "LifecycleNode")
     keywords = {k.arg: k.value for k in lifecycle.keywords}
     assert keywords["executable"].value == "refavs_node" and keywords["package"].value == "refavs_ros"
+    voice_kw = {k.arg: k.value for k in voice.keywords}  # start_voice: voice_command_node -> command_topic
+    assert voice_kw["executable"].value == "voice_command_node" and "condition" in voice_kw
     (mic,) = [c for c in _calls(tree, "Node")]
     assert {k.arg for k in mic.keywords} >= {"condition", "remappings"}
 

@@ -582,3 +582,22 @@ def test_replay_voice_on_a_spoken_command_bag(tmp_path, capsys):
     # without --voice a spoken-command bag has no command: a clear error
     assert replay_main([str(tmp_path / "bags"), "--no-progress"]) == 2
     assert "no command" in capsys.readouterr().err
+
+
+def test_voice_node_yaml_matches_the_parameter_schema():
+    import yaml
+
+    from refavs_ros.node.voice import (
+        VOICE_NODE_PARAMETERS,
+        recognizer_config_from_params,
+    )
+    from refavs_ros.resources import find_shipped
+
+    values = yaml.safe_load(find_shipped("config/voice_command.yaml").read_text())["/**"]["ros__parameters"]
+    assert set(values) == {s.name for s in VOICE_NODE_PARAMETERS}
+    for spec in VOICE_NODE_PARAMETERS:
+        assert values[spec.name] == spec.default and type(values[spec.name]) is type(spec.default), spec.name
+    config, msg_type, rate, channels = recognizer_config_from_params(values)
+    assert config.backend == "grammar" and msg_type == "AudioStamped" and (rate, channels) == (16000, 1)
+    with pytest.raises(ConfigError, match="confidence_threshold"):
+        recognizer_config_from_params({**values, "confidence_threshold": 3.0})

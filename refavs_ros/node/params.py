@@ -205,6 +205,20 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("output_qos_depth", 5, "history depth of the outputs", CONFIGURE, 1, 1000),
     ParamSpec("depth_qos", "sensor_data", "QoS profile of the depth/image and depth/camera_info "
               "subscriptions", CONFIGURE, choices=QOS_PROFILES),
+    # in-process voice commands (issue 9; refavs_ros.node.voice)
+    ParamSpec("voice_commands", False, "recognise spoken commands from the audio topic in-process "
+              "(VAD + ASR); a recognised command replaces the command in force", CONFIGURE),
+    ParamSpec("voice_backend", "grammar", "speech recogniser: grammar | pocketsphinx | whisper",
+              CONFIGURE, choices=("grammar", "pocketsphinx", "whisper")),
+    ParamSpec("voice_vocabulary_path", "", "command vocabulary YAML; empty = the shipped one", CONFIGURE),
+    ParamSpec("voice_whisper_dir", "", "local Whisper model directory (voice_backend whisper)", CONFIGURE),
+    ParamSpec("voice_wake_phrase", "", "words a spoken command must start with; empty = none", CONFIGURE),
+    ParamSpec("voice_confidence_threshold", 0.1, "minimum recogniser confidence of a voice command",
+              CONFIGURE, 0.0, 1.0),
+    ParamSpec("voice_suppression", "zero", "the command utterance in the audio memory: zero, attenuate "
+              "or off (the speaker is not the sounding object)", CONFIGURE,
+              choices=("zero", "attenuate", "off")),
+    ParamSpec("voice_attenuation_db", 30.0, "dB removed by voice_suppression attenuate", CONFIGURE, 0.1, 120.0),
     # lifecycle
     ParamSpec("autostart", True, "configure and activate the node at start", STARTUP),
 )
@@ -341,6 +355,14 @@ class NodeSettings:
     output_qos: str
     output_qos_depth: int
     depth_qos: str
+    voice_commands: bool
+    voice_backend: str
+    voice_vocabulary_path: str
+    voice_whisper_dir: str
+    voice_wake_phrase: str
+    voice_confidence_threshold: float
+    voice_suppression: str
+    voice_attenuation_db: float
     autostart: bool
 
     @classmethod

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -131,3 +132,117 @@ class VoiceStage:
     def reset(self) -> None:
         """New stream (a new bag, a time jump): the recogniser forgets its utterance in progress."""
         self.recognizer.reset()
+
+
+# ------------------------------------------------------------------ voice_command_node parameters
+
+
+def _voice_parameters():
+    from refavs_ros.node.params import (
+        CONFIGURE,
+        DYNAMIC,
+        QOS_PROFILES,
+        STARTUP,
+        ParamSpec,
+    )
+    from refavs_ros.rosio.msgs import AUDIO_MSG_TYPES
+    from refavs_ros.voice.asr import BACKENDS
+
+    return (
+        ParamSpec("backend", "grammar", "speech recogniser: grammar (pocketsphinx + the vocabulary's JSGF "
+                  "grammar), pocketsphinx (general language model), whisper (local model directory)",
+                  CONFIGURE, choices=BACKENDS),
+        ParamSpec("vocabulary_path", "", "command vocabulary YAML; empty = the shipped "
+                  "config/voice_vocabulary.yaml", CONFIGURE),
+        ParamSpec("whisper_dir", "", "local Whisper model directory (save_pretrained layout; backend whisper)",
+                  CONFIGURE),
+        ParamSpec("wake_phrase", "", "words a command must start with (removed from the command); empty = none",
+                  CONFIGURE),
+        ParamSpec("match", "", "open-vocabulary backends: grammar (a sentence of the vocabulary), vocabulary "
+                  "(mentions an object noun) or any; empty = grammar", CONFIGURE,
+                  choices=("", "grammar", "vocabulary", "any")),
+        ParamSpec("confidence_threshold", 0.1, "minimum recogniser confidence of a published command",
+                  DYNAMIC, 0.0, 1.0),
+        ParamSpec("vad_threshold", 0.5, "silero-vad speech probability that starts an utterance", CONFIGURE,
+                  0.01, 0.99),
+        ParamSpec("min_speech_sec", 0.25, "utterances with less speech (s) are ignored", CONFIGURE, 0.0, 10.0),
+        ParamSpec("min_silence_sec", 0.3, "silence (s) that ends an utterance (floor of the command latency)",
+                  CONFIGURE, 0.05, 5.0),
+        ParamSpec("max_utterance_sec", 10.0, "utterances are cut and recognised at this length (s)", CONFIGURE,
+                  1.0, 30.0),
+        ParamSpec("audio_msg_type", "AudioStamped", "audio message type on the audio topic "
+                  "(audio_common_msgs/<type>)", CONFIGURE, choices=AUDIO_MSG_TYPES),
+        ParamSpec("audio_sample_rate", 16000, "sample rate (Hz) of ros-drivers AudioData(Stamped) input",
+                  CONFIGURE, 1000, 384000),
+        ParamSpec("audio_channels", 1, "interleaved channels of ros-drivers AudioData(Stamped) input",
+                  CONFIGURE, 1, 64),
+        ParamSpec("audio_qos", "sensor_data", "QoS profile of the audio subscription", CONFIGURE,
+                  choices=QOS_PROFILES),
+        ParamSpec("audio_qos_depth", 100, "history depth of the audio subscription (chunks)", CONFIGURE, 1, 10000),
+        ParamSpec("autostart", True, "configure and activate the node at start", STARTUP),
+    )
+
+
+VOICE_NODE_PARAMETERS = _voice_parameters()
+"""Parameter schema of ``voice_command_node`` (``config/voice_command.yaml`` mirrors it)."""
+
+
+def recognizer_config_from_params(values: dict) -> tuple[Any, str, int, int]:
+    """Validated :class:`~refavs_ros.voice.RecognizerConfig` (+ audio decoding settings) from
+    ``voice_command_node`` parameter values.
+
+    Args:
+        values: ``{name: value}`` for every parameter of :data:`VOICE_NODE_PARAMETERS`.
+
+    Returns:
+        ``(config, audio_msg_type, audio_sample_rate, audio_channels)``.
+
+    Raises:
+        ConfigError: a value of the wrong type or out of range (the parameter is named).
+    """
+    from refavs_ros.voice import RecognizerConfig, VadConfig
+
+    v = {spec.name: spec.validate(values[spec.name]) for spec in VOICE_NODE_PARAMETERS}
+    vad = VadConfig(threshold=v["vad_threshold"], min_speech_sec=v["min_speech_sec"],
+                    min_silence_sec=v["min_silence_sec"], speech_pad_sec=min(0.15, v["min_silence_sec"]),
+                    max_utterance_sec=v["max_utterance_sec"])
+    config = RecognizerConfig(backend=v["backend"], vocabulary_path=v["vocabulary_path"], whisper_dir=v["whisper_dir"],
+                              wake_phrase=v["wake_phrase"], confidence_threshold=v["confidence_threshold"],
+                              match=v["match"], vad=vad).validated()
+    return config, v["audio_msg_type"], v["audio_sample_rate"], v["audio_channels"]
+
+
+def transcript_json(transcript) -> str:
+    """The ``voice/transcript`` message text of a :class:`~refavs_ros.voice.Transcript`: JSON with
+    ``text, confidence, accepted, reason, start_ns, end_ns, backend, decode_ms, warnings``."""
+    import json
+
+    return json.dumps({
+        "text": transcript.text, "confidence": round(float(transcript.confidence), 4),
+        "accepted": transcript.accepted, "reason": transcript.reason, "start_ns": int(transcript.start_ns),
+        "end_ns": int(transcript.end_ns), "backend": transcript.backend,
+        "decode_ms": round(1000.0 * transcript.decode_sec, 2), "warnings": list(transcript.warnings),
+    })
+
+
+def voice_stage_from_settings(settings, on_transcript=None) -> VoiceStage | None:
+    """The in-process :class:`VoiceStage` of ``refavs_node`` (None when ``voice_commands`` is off).
+
+    Args:
+        settings: :class:`refavs_ros.node.params.NodeSettings`.
+        on_transcript: called with every :class:`~refavs_ros.voice.Transcript`.
+
+    Raises:
+        ConfigError, ModelLoadError, BackendUnavailableError: from the recogniser (a missing
+        vocabulary file or Whisper directory is named).
+    """
+    if not settings.voice_commands:
+        return None
+    from refavs_ros.voice import RecognizerConfig
+
+    config = RecognizerConfig(backend=settings.voice_backend, vocabulary_path=settings.voice_vocabulary_path,
+                              whisper_dir=settings.voice_whisper_dir, wake_phrase=settings.voice_wake_phrase,
+                              confidence_threshold=settings.voice_confidence_threshold)
+    recognizer = VoiceCommandRecognizer(config, on_transcript=on_transcript)
+    return VoiceStage(recognizer, VoiceOptions(suppression=settings.voice_suppression,
+                                               attenuation_db=settings.voice_attenuation_db))

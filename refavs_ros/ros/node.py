@@ -76,6 +76,7 @@ from refavs_ros.node.pipeline import (
     Rejection,
     StepOutcome,
 )
+from refavs_ros.node.voice import transcript_json, voice_stage_from_settings
 from refavs_ros.predictor import StreamingPredictor
 from refavs_ros.rosio import conversions
 
@@ -213,6 +214,7 @@ class RefAvsNode(LifecycleNode):
             predictor = StreamingPredictor.from_pretrained(
                 settings.weights, **settings.pretrained_kwargs(_cuda_available)
             )
+            voice = voice_stage_from_settings(settings, on_transcript=self._on_voice_transcript)
         except RefAvsError as exc:
             self.configure_error = str(exc)
             self.get_logger().error(f"configure failed: {exc}")
@@ -227,7 +229,8 @@ class RefAvsNode(LifecycleNode):
         if settings.depth_enabled:
             locator = TargetLocator(settings.geometry_config(), max_depth_skew_sec=settings.max_depth_skew_sec)
         with self._infer_lock:
-            self._pipeline = MessagePipeline(predictor, factory=self._factory, options=options, locator=locator)
+            self._pipeline = MessagePipeline(predictor, factory=self._factory, options=options, locator=locator,
+                                             voice=voice)
             self._locator = locator
         with self._status_lock:
             self._settings = settings
@@ -251,6 +254,12 @@ class RefAvsNode(LifecycleNode):
         }
         if settings.depth_enabled:
             self._out_pubs.update(self._create_target_publishers(out_qos))
+        if voice is not None:  # in-process voice commands: every hypothesis, for debugging
+            self._out_pubs["voice_transcript"] = self.create_lifecycle_publisher(
+                String, "voice/transcript", to_qos_profile(COMMAND_QOS),
+                event_callbacks=self._publisher_events("voice/transcript"))
+            self.get_logger().info(f"voice commands in-process: backend {settings.voice_backend}, "
+                                   f"suppression {settings.voice_suppression}")
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", to_qos_profile(DIAGNOSTICS_QOS))
         self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_SEC, self._on_diagnostics_timer, self._diag_group)
         self.get_logger().info(f"configured: model '{settings.model}' on {self._status.device}")
@@ -572,6 +581,12 @@ class RefAvsNode(LifecycleNode):
                     status.target_3d = frame.target.status
                     status.target_3d_detail = frame.target.target.detail
                     status.target_3d_counts = dict(pipeline.locator.statuses) if pipeline.locator else {}
+
+    def _on_voice_transcript(self, transcript: Any) -> None:
+        """Publish a recognised utterance (in-process voice commands) on ``voice/transcript``."""
+        pub = self._out_pubs.get("voice_transcript")
+        if pub is not None:
+            pub.publish(String(data=transcript_json(transcript)))
 
     def _publish_active_command(self) -> None:
         pub = self._out_pubs.get("active_command")

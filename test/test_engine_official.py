@@ -46,7 +46,7 @@ def parts(models_dir):
 
 def _engine(parts, num_frames: int) -> OfficialStreamEngine:
     model, processor, text, vggish = parts
-    engine = OfficialStreamEngine(model, processor, text, vggish, num_frames=num_frames)
+    engine = OfficialStreamEngine.from_modules(model, processor, text, vggish, num_frames=num_frames)
     engine.set_command(COMMAND)
     return engine
 
@@ -119,20 +119,21 @@ def test_window_resizing_reset_and_errors(parts):
         engine.encode_frame(np.zeros((8, 8), np.uint8))
     with pytest.raises(InputError):
         engine.set_command("   ")
-    fresh = OfficialStreamEngine(*parts)
+    fresh = OfficialStreamEngine.from_modules(*parts)
     with pytest.raises(RuntimeError, match="set_command"):
         fresh.step(engine.encode_frame(images[0]), engine.encode_audio(mels[0]), commit=False)
     engine.set_beta(None)
-    assert engine.model.beta == 1.0
+    assert engine.beta == 1.0
 
 
 def test_from_pretrained_with_a_models_dir(models_dir, tmp_path):
     src = tiny_model(seed=11)
     ckpt = make_checkpoint(tmp_path / "ckpt_best_miou.pth", src)
     engine = OfficialStreamEngine.from_pretrained(ckpt, models_dir)
+    loaded = engine.backend.model.net.state_dict()
     for key, value in src.state_dict().items():
         if "swin.layernorm" not in key:
-            assert torch.equal(engine.model.state_dict()[key], value), key
+            assert torch.equal(loaded[key], value), key
     engine.set_command(COMMAND)
     images, mels = _clip(1)
     logits, _ = engine.step(engine.encode_frame(images[0]), engine.encode_audio(mels[0]), commit=True)

@@ -27,7 +27,7 @@ from refavs_ros.errors import (
 from refavs_ros.export.cache import cached_export_dir, read_manifest
 from refavs_ros.export.eemc import TEXT_SPEC
 from refavs_ros.models.eemc import EEMC
-from refavs_ros.models.eemc_stages import STAGES
+from refavs_ros.models.eemc_stages import STAGES, StageSpec
 from refavs_ros.models.text import check_command
 
 try:
@@ -141,34 +141,41 @@ class OnnxRuntimeBackend:
     """:class:`refavs_ros.backends.base.StageBackend` over ONNX Runtime sessions.
 
     Args:
-        sessions: one ``onnxruntime.InferenceSession`` per stage of :data:`STAGES`, whose graph
-            has the stage's named inputs and outputs (as written by
-            :func:`refavs_ros.export.eemc.export_eemc`).
+        sessions: one ``onnxruntime.InferenceSession`` per stage of ``specs``, whose graph has
+            the stage's named inputs and outputs (as written by
+            :func:`refavs_ros.export.eemc.export_eemc` or
+            :func:`refavs_ros.export.official.export_official`).
+        specs: the stage set (default EEMC's :data:`STAGES`; the released model's
+            ``OFFICIAL_STAGES``).
 
     Raises:
-        ModelLoadError: a stage is missing or a graph's input/output names differ from
-            :data:`STAGES`.
+        ModelLoadError: a stage is missing or a graph's input/output names differ from ``specs``.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, sessions: Mapping[str, ort.InferenceSession]) -> None:
+    def __init__(
+        self, sessions: Mapping[str, ort.InferenceSession], specs: Mapping[str, StageSpec] | None = None
+    ) -> None:
         self.sessions = dict(sessions)
+        self.specs = dict(specs if specs is not None else STAGES)
         self._outputs: dict[str, list[str]] = {}
-        self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
-        for stage, spec in STAGES.items():
+        self._shapes: dict[str, dict[str, tuple]] = {}
+        for stage, spec in self.specs.items():
             if stage not in self.sessions:
                 raise ModelLoadError(f"onnxruntime backend has no session for stage {stage!r}")
             session = self.sessions[stage]
             ins = {i.name: tuple(i.shape) for i in session.get_inputs()}
             outs = [o.name for o in session.get_outputs()]
-            if set(ins) != set(spec.inputs) or set(outs) != set(spec.outputs):
+            # the exporter drops inputs a graph never reads (a small test decoder that skips a
+            # pyramid level); every input the graph has must be a stage input
+            if not set(ins) <= set(spec.inputs) or set(outs) != set(spec.outputs):
                 raise ModelLoadError(
                     f"ONNX graph of stage {stage!r} has inputs {sorted(ins)} and outputs {outs}; "
                     f"expected {list(spec.inputs)} -> {list(spec.outputs)}"
                 )
             self._outputs[stage] = list(spec.outputs)
-            self._shapes[stage] = ins
+            self._shapes[stage] = ins  # dims are ints, or a name/None where the axis is dynamic
         self.providers = self.sessions["visual"].get_providers()
         self.export_dir: Path | None = None
 
@@ -185,7 +192,9 @@ class OnnxRuntimeBackend:
         """Load the stage graphs of an export directory (``<stage>.onnx`` + ``manifest.json``).
 
         Args:
-            directory: written by :func:`refavs_ros.export.eemc.export_eemc` or ``refavs-export``.
+            directory: written by :func:`refavs_ros.export.eemc.export_eemc`,
+                :func:`refavs_ros.export.official.export_official` or ``refavs-export`` (the
+                manifest's ``config.model`` selects the stage set).
             device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (see :func:`execution_providers`).
             intra_op_threads: threads per operator; None = every available core.
             allow_spinning: see :func:`session_options` (off by default).
@@ -195,15 +204,22 @@ class OnnxRuntimeBackend:
             BackendUnavailableError: CUDA requested but unavailable.
         """
         report = read_manifest(directory)
+        if report.config.get("model") == "official":
+            from refavs_ros.models.official_stages import OFFICIAL_STAGES
+
+            specs: Mapping[str, StageSpec] = OFFICIAL_STAGES
+        else:
+            specs = STAGES
         files = {s.stage: Path(directory) / s.file for s in report.stages}
-        missing = [s for s in STAGES if s not in files]
+        missing = [s for s in specs if s not in files]
         if missing:
             raise ModelLoadError(f"export {directory} lacks stages {missing}")
         backend = cls(
             {
                 s: create_session(files[s], device=device, intra_op_threads=intra_op_threads, allow_spinning=allow_spinning)
-                for s in STAGES
-            }
+                for s in specs
+            },
+            specs,
         )
         backend.export_dir = Path(directory)
         return backend
@@ -221,9 +237,11 @@ class OnnxRuntimeBackend:
         """Export ``model``'s stages into the cache (once per weights fingerprint) and load them.
 
         Args:
-            model: EEMC model (any device; it is exported from a CPU copy).
+            model: EEMC model or the released model's ``OfficialStageModel`` (any device; a
+                CPU float32 model is exported as is, others from a CPU copy).
             cache_dir: cache root; None = :func:`refavs_ros.export.cache.default_cache_dir`. The
-                graphs live in ``<cache_dir>/onnx/eemc-<profile>-<fingerprint[:16]>/``.
+                graphs live in ``<cache_dir>/onnx/eemc-<profile>-<fingerprint[:16]>/`` (EEMC) or
+                ``<cache_dir>/onnx/official-<fingerprint[:16]>/`` (released model).
             device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto``.
             intra_op_threads: threads per operator; None = every available core.
             allow_spinning: see :func:`session_options` (off by default).
@@ -244,16 +262,18 @@ class OnnxRuntimeBackend:
 
         Raises:
             KeyError: unknown stage or missing input (named).
-            InputError: an input has the wrong shape (the graphs have fixed shapes).
+            InputError: an input has the wrong shape (every axis but the dynamic ones is fixed).
         """
         if stage not in self.sessions:
-            raise KeyError(f"unknown stage {stage!r}; expected one of {list(STAGES)}")
+            raise KeyError(f"unknown stage {stage!r}; expected one of {list(self.specs)}")
         inputs = {}
         for name, shape in self._shapes[stage].items():
             if name not in feeds:
                 raise KeyError(f"stage {stage!r} needs input {name!r}")
             arr = np.ascontiguousarray(feeds[name], dtype=np.float32)
-            if arr.shape != shape:
+            if len(arr.shape) != len(shape) or any(
+                isinstance(want, int) and got != want for got, want in zip(arr.shape, shape)
+            ):
                 raise InputError(f"stage {stage!r} input {name!r} must have shape {shape}, got {arr.shape}")
             inputs[name] = arr
         try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch import nn
+
 from refavs_ros.backends.base import StageBackend
 from refavs_ros.errors import BackendUnavailableError, ConfigError
 from refavs_ros.models.eemc import EEMC
@@ -18,18 +20,21 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 def create_backend(
     name: str,
-    model: EEMC,
+    model: EEMC | nn.Module,
     *,
     device: str = "cpu",
     cache_dir: str | Path | None = None,
     precision: str = "fp16",
     threads: int | None = None,
+    max_window: int | None = None,
+    opt_window: int | None = None,
 ) -> StageBackend:
     """Build the backend ``name`` for ``model``.
 
     Args:
         name: ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``.
-        model: EEMC model (weights on CPU are fine; the backend moves/exports them).
+        model: EEMC model, or the released model's ``OfficialStageModel`` (weights on CPU are
+            fine; the backend moves/exports them).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available). torch:
             the torch device; onnxruntime: CPU or CUDA execution provider; tensorrt: must be a
             CUDA device (``"cpu"`` is taken as ``"cuda"`` there, since TensorRT only runs on GPUs).
@@ -38,6 +43,9 @@ def create_backend(
         precision: TensorRT precision ``"fp16"`` or ``"fp32"`` (ignored by the other backends).
         threads: CPU threads per operator for onnxruntime (None = every core); the torch
             backend uses the process-wide ``torch.set_num_threads`` (see ``from_pretrained``).
+        max_window, opt_window: TensorRT, released model only: the fusion-window optimization
+            profile (min 1, opt ``opt_window``, max ``max_window``); None = the backend's
+            defaults. The other backends accept any window.
 
     Raises:
         ConfigError: unknown backend name or bad device/precision.
@@ -64,5 +72,6 @@ def create_backend(
         )
 
         trt_device = "cuda" if device in ("cpu", "auto") else device
-        return TensorRTBackend.from_model(model, cache_dir=cache_dir, precision=precision, device=trt_device)
+        windows = {k: v for k, v in (("max_window", max_window), ("opt_window", opt_window)) if v is not None}
+        return TensorRTBackend.from_model(model, cache_dir=cache_dir, precision=precision, device=trt_device, **windows)
     raise ConfigError(f"unknown backend {name!r}; expected one of {BACKENDS}")

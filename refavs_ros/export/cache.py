@@ -48,7 +48,7 @@ def model_fingerprint(model: nn.Module, cfg: EEMCConfig | None = None) -> str:
     cfg = cfg if cfg is not None else getattr(model, "cfg", None)
     if cfg is not None:
         h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(model.state_dict().items()):  # ~1 s per 500 MB of weights
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -186,20 +186,42 @@ def read_manifest(directory: str | Path) -> ExportReport:
     return report
 
 
+def is_official(model: nn.Module) -> bool:
+    """True for the released model's stage bundle (``OfficialStageModel``), False for EEMC."""
+    return getattr(getattr(model, "cfg", None), "profile", None) == "official"
+
+
+def stage_specs_of(model: nn.Module) -> dict:
+    """The stage set a model is exported/run with: ``OFFICIAL_STAGES`` or EEMC's ``STAGES``."""
+    if is_official(model):
+        from refavs_ros.models.official_stages import OFFICIAL_STAGES
+
+        return OFFICIAL_STAGES
+    return STAGES
+
+
 def cached_export_dir(
-    model: EEMC, cache_dir: str | Path | None = None, *, half: bool = False, opset: int = OPSET, verify: bool = True
+    model: EEMC | nn.Module,
+    cache_dir: str | Path | None = None,
+    *,
+    half: bool = False,
+    opset: int = OPSET,
+    verify: bool = True,
 ) -> ExportReport:
     """Export directory of ``model`` in the cache, exporting only when it is not there yet.
 
-    The directory is ``<cache_dir>/onnx/eemc-<profile>-<fingerprint[:16]>[-fp16]``; it is
-    reused when its manifest has the same format, fingerprint, opset and precision and every
-    graph file exists. A new export is written to a temporary sibling and renamed into place,
-    so concurrent starts never see half-written files.
+    The directory is ``<cache_dir>/onnx/eemc-<profile>-<fingerprint[:16]>[-fp16]`` for EEMC and
+    ``<cache_dir>/onnx/official-<fingerprint[:16]>`` for the released model
+    (``OfficialStageModel``: its fingerprint hashes every weight of the checkpoint and of VGGish
+    plus the graph config, i.e. it is the checkpoint's hash). It is reused when its manifest has
+    the same format, fingerprint, opset, precision (and, for the released model, graph version)
+    and every graph file exists. A new export is written to a temporary sibling and renamed into
+    place, so concurrent starts never see half-written files.
 
     Args:
-        model: EEMC model.
+        model: EEMC model, or ``refavs_ros.models.official_stages.OfficialStageModel``.
         cache_dir: cache root; None = :func:`default_cache_dir`.
-        half: float16 graphs (see :func:`export_eemc`).
+        half: float16 graphs (see :func:`export_eemc`; EEMC only).
         opset: ONNX opset.
         verify: verify a NEW export against PyTorch.
 
@@ -207,11 +229,24 @@ def cached_export_dir(
         The :class:`ExportReport` of the (existing or new) export.
 
     Raises:
+        ConfigError: ``half`` for the released model.
         ModelLoadError: export failed or the cache directory cannot be written.
     """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    official = is_official(model)
+    if official and half:
+        raise ConfigError("float16 graphs are not exported for the released model (its FP16 TensorRT engines "
+                          "are built from the float32 graphs with per-layer FP32 constraints)")
     fingerprint = model_fingerprint(model)
-    target = root / "onnx" / f"eemc-{model.cfg.profile}-{fingerprint[:16]}{'-fp16' if half else ''}"
+    if official:
+        from refavs_ros.export.official import OFFICIAL_GRAPH_VERSION
+
+        target = root / "onnx" / f"official-{fingerprint[:16]}"
+        graph_version = OFFICIAL_GRAPH_VERSION
+    else:
+        target = root / "onnx" / f"eemc-{model.cfg.profile}-{fingerprint[:16]}{'-fp16' if half else ''}"
+        graph_version = None
+    specs = stage_specs_of(model)
     if (target / MANIFEST).is_file():
         try:
             report = read_manifest(target)
@@ -223,18 +258,24 @@ def cached_export_dir(
             and report.fingerprint == fingerprint
             and report.opset == opset
             and report.half == half
-            and {s.stage for s in report.stages} >= set(STAGES)
+            and report.config.get("graph_version") == graph_version
+            and {s.stage for s in report.stages} >= set(specs)
         ):
             return report
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        from refavs_ros.export.eemc import (
-            export_eemc,  # the exporter needs torch.onnx; cache hits do not
-        )
+        if official:
+            from refavs_ros.export.official import export_official
 
-        export_eemc(model, tmp, opset=opset, half=half, verify=verify)
+            export_official(model, tmp, opset=opset, verify=verify)
+        else:
+            from refavs_ros.export.eemc import (
+                export_eemc,  # the exporter needs torch.onnx; cache hits do not
+            )
+
+            export_eemc(model, tmp, opset=opset, half=half, verify=verify)
         if target.exists():
             shutil.rmtree(target)
         try:

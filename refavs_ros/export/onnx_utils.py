@@ -55,8 +55,9 @@ def export_module(
     path: str | Path,
     *,
     opset: int = OPSET,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> Path:
-    """Trace ``module(*feeds in spec order)`` into an ONNX file with fixed shapes.
+    """Trace ``module(*feeds in spec order)`` into an ONNX file (fixed shapes unless named).
 
     Args:
         module: callable module returning a tuple of tensors in ``spec.outputs`` order.
@@ -64,6 +65,9 @@ def export_module(
         spec: input and output names.
         path: output ``.onnx`` file (parent directories are created).
         opset: ONNX opset.
+        dynamic_axes: ``{input or output name: {axis: symbolic name}}`` of axes left dynamic
+            (``torch.onnx.export``'s argument); the module must compute them without baking
+            the example's size in (check with inputs of other sizes).
 
     Returns:
         ``path``.
@@ -90,12 +94,31 @@ def export_module(
                 output_names=list(spec.outputs),
                 opset_version=opset,
                 do_constant_folding=True,
+                dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()} if dynamic_axes else None,
                 dynamo=False,
             )
     except Exception as exc:  # the exporter raises many unrelated types; re-raised with context
         raise ModelLoadError(f"ONNX export to {path} failed: {type(exc).__name__}: {exc}") from exc
     demote_float64(path)
     return path
+
+
+def release_memory() -> None:
+    """Return freed heap memory to the operating system (between large exports).
+
+    ``gc.collect()`` and, on glibc, ``malloc_trim(0)``: the ONNX protobufs and traced graphs of a
+    large model are freed as many small blocks that glibc would otherwise keep in the process,
+    so the resident size of an export of several graphs (and of the node that exported them
+    before serving) grows with every graph. No-op elsewhere.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def demote_float64(path: str | Path) -> int:

@@ -102,16 +102,14 @@ class RefAvsPromptAttention(nn.Module):
         Returns:
             float (Q, N, D): the prompted query features.
         """
-        q_len, batch, dim = target.shape
-        s_len = source.shape[1]
-        q = self.query_embedding(target.transpose(0, 1))  # (N, Q, D)
-        k = self.key_embedding(source)  # (N, S, D)
-        v = self.value_embedding(source)
-        q = q.reshape(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)  # (N, h, Q, d)
-        k = k.reshape(batch, s_len, self.num_heads, self.head_dim).permute(0, 2, 3, 1)  # (N, h, d, S)
-        v = v.reshape(batch, s_len, self.num_heads, self.head_dim).transpose(1, 2)  # (N, h, S, d)
+        h, d = self.num_heads, self.head_dim
+        # reshapes with the traced sizes: the prompt count S stays dynamic in an exported graph (it
+        # grows with the fusion window); Tensor.unflatten would bake it in
+        q = _split_heads(self.query_embedding(target.transpose(0, 1)), h, d).transpose(1, 2)  # (N, h, Q, d)
+        k = _split_heads(self.key_embedding(source), h, d).permute(0, 2, 3, 1)  # (N, h, d, S)
+        v = _split_heads(self.value_embedding(source), h, d).transpose(1, 2)  # (N, h, S, d)
         weights = torch.softmax(torch.matmul(q, k) * self.scaling, dim=-1)  # (N, h, Q, S)
-        attended = torch.matmul(weights, v).transpose(1, 2).reshape(batch, q_len, dim)
+        attended = torch.matmul(weights, v).transpose(1, 2).flatten(-2)  # (N, Q, D)
         out = torch.sigmoid(self.beta_source_attn) * self.out_projection(attended)  # (N, Q, D)
         pool = torch.sigmoid(self.beta_source_pool) * source.mean(dim=1)  # (N, D)
         return target + out.transpose(0, 1) + pool.unsqueeze(0)
@@ -184,21 +182,112 @@ def visual_tokens(swin_last: Tensor) -> Tensor:
     return swin_last.contiguous().reshape(t, h * w, c)
 
 
-def cached_memory(x: Tensor, beta: float) -> Tensor:
+def cached_memory(x: Tensor, beta: float | Tensor) -> Tensor:
     """Released ``process_with_cached_memory`` along the FIRST axis (tokens).
 
-    ``out_l = (1 + beta) * x_l - mean(x_1 .. x_l)`` (paper Eq. 2-3 as coded).
+    ``out_l = (1 + beta) * x_l - mean(x_1 .. x_l)`` (paper Eq. 2-3 as coded). The running count
+    ``l`` is a cumulative sum of ones, so a traced graph keeps the token axis dynamic.
 
     Args:
         x: float (L, ...) sequence-first.
-        beta: sensitivity; 1 in the released code.
+        beta: sensitivity; 1 in the released code. A float or a float tensor broadcastable to
+            ``x`` (the exported ``fuse`` graph takes it as a (1,) input).
 
     Returns:
         float, same shape as ``x``.
     """
-    steps = torch.arange(1, x.shape[0] + 1, device=x.device, dtype=x.dtype)
-    steps = steps.reshape((-1,) + (1,) * (x.dim() - 1))
+    steps = torch.cumsum(torch.ones_like(x[..., :1]), dim=0)  # (L, ..., 1): 1, 2, ..., L
     return x * (beta + 1.0) - torch.cumsum(x, dim=0) / steps
+
+
+def cached_memory_matmul(x: Tensor, beta: float | Tensor) -> Tensor:
+    """:func:`cached_memory` with the running sum as a lower-triangular matrix product.
+
+    Same values (float rounding aside) without a ``CumSum`` operator: TensorRT's ONNX parser
+    runs ``CumSum`` as a loop with one iteration per row. Used for the short audio axis of the
+    exported fusion (Na <= the window length).
+
+    Args:
+        x: float (L, B, C) sequence-first (L may be dynamic in a traced graph).
+        beta: as :func:`cached_memory`.
+
+    Returns:
+        float (L, B, C).
+    """
+    i = torch.arange(x.shape[0], device=x.device)
+    lower = (i[:, None] >= i[None, :]).to(x.dtype)  # (L, L): row l sums rows 0..l
+    running = torch.matmul(lower, x.flatten(1)).view_as(x)
+    steps = (i + 1).to(x.dtype).reshape(-1, 1, 1)
+    return x * (beta + 1.0) - running / steps
+
+
+def cached_memory_tail(x: Tensor, beta: float | Tensor, tail: int) -> Tensor:
+    """The last ``tail`` rows of :func:`cached_memory`, without a ``CumSum`` operator.
+
+    Row ``L - tail + r`` needs the running sum up to itself: the sum of all L rows minus the
+    rows after it inside the tail (a ``tail x tail`` strictly upper-triangular product), so the
+    cost is one reduction over L rows plus a small matrix product, and no intermediate tensor is
+    ever empty (a window of one frame has no rows before its tail). Used for the newest frame's
+    visual cues in the exported fusion (tail = 144 tokens, L = 144 * window).
+
+    Args:
+        x: float (L, B, C) sequence-first, L >= ``tail`` (L may be dynamic in a traced graph).
+        beta: as :func:`cached_memory`.
+        tail: rows wanted (static).
+
+    Returns:
+        float (tail, B, C) = ``cached_memory(x, beta)[-tail:]``.
+    """
+    last = x[-tail:]  # (tail, B, C)
+    i = torch.arange(tail, device=x.device)
+    upper = (i[None, :] > i[:, None]).to(x.dtype)  # [r, j] = 1 if j > r
+    after = torch.matmul(upper, last.flatten(1)).view_as(last)  # rows after r inside the tail
+    running = x.sum(dim=0, keepdim=True) - after
+    length = torch.ones_like(x[:, :1, :1]).sum(dim=0, keepdim=True)  # (1, 1, 1) = L
+    steps = length - (tail - 1 - i).to(x.dtype).reshape(-1, 1, 1)
+    return last * (beta + 1.0) - running / steps
+
+
+def self_attention(mha: nn.MultiheadAttention, x: Tensor) -> Tensor:
+    """``mha(x, x, x, need_weights=False)[0]`` written with shape-free reshapes (exportable).
+
+    Same arithmetic as ``torch.nn.functional.multi_head_attention_forward`` without masks or
+    dropout (packed in-projection, ``softmax(q k^T / sqrt(d)) v``, out-projection), float
+    rounding aside. ``nn.MultiheadAttention`` bakes the sequence length of the tracing example
+    into a TorchScript-exported ONNX graph; this version reshapes with the traced sizes of its
+    input (``Tensor.unflatten`` would bake them too), so the sequence AND batch axes stay
+    dynamic (the fusion window of :meth:`OfficialEEMC.fuse`).
+
+    Args:
+        mha: a ``batch_first=False`` ``nn.MultiheadAttention`` with a packed ``in_proj_weight``
+            (query, key and value of the same width), as the released ``mha_A_T`` / ``mha_V_T``
+            / ``mha_mm``.
+        x: float (L, N, E) sequence-first.
+
+    Returns:
+        float (L, N, E).
+
+    Raises:
+        ValueError: ``mha`` has separate q/k/v projections or is batch-first.
+    """
+    if mha.in_proj_weight is None or mha.batch_first:
+        raise ValueError("self_attention needs a sequence-first nn.MultiheadAttention with a packed in_proj_weight")
+    e, h = mha.embed_dim, mha.num_heads
+    d = e // h
+    q, k, v = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (_split_heads(y, h, d).permute(1, 2, 0, 3) for y in (q, k, v))  # (N, h, L, d)
+    weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * (d**-0.5), dim=-1)  # (N, h, L, L)
+    out = torch.matmul(weights, v).permute(2, 0, 1, 3).flatten(-2)  # (L, N, E)
+    return F.linear(out, mha.out_proj.weight, mha.out_proj.bias)
+
+
+def _split_heads(x: Tensor, heads: int, head_dim: int) -> Tensor:
+    """(A, B, heads * head_dim) -> (A, B, heads, head_dim) with A and B traced (not baked) when exported."""
+    return x.reshape(x.shape[0], x.shape[1], heads, head_dim)
+
+
+def _module_attention(mha: nn.MultiheadAttention, x: Tensor) -> Tensor:
+    return mha(x, x, x, need_weights=False)[0]
 
 
 class OfficialEEMC(nn.Module):
@@ -383,7 +472,14 @@ class OfficialEEMC(nn.Module):
     # ---- stage 2: fusion ---------------------------------------------------------------------
 
     def fuse(
-        self, vis_tokens: Tensor, audio_embeddings: Tensor, text_hidden: Tensor, last_frames: int | None = None
+        self,
+        vis_tokens: Tensor,
+        audio_embeddings: Tensor,
+        text_hidden: Tensor,
+        last_frames: int | None = None,
+        *,
+        beta: float | Tensor | None = None,
+        traceable: bool = False,
     ) -> Tensor:
         """The released audio-visual-text fusion -> prompts for each frame.
 
@@ -400,50 +496,65 @@ class OfficialEEMC(nn.Module):
           so at B = 1 it is a per-token linear map;
         * ``prompt_proj`` -> prompts.
 
+        Every slice counts from the text end (the text length L is fixed), so with
+        ``traceable=True`` an exported graph keeps the window length T (and Na) dynamic.
+
         Args:
             vis_tokens: float (B, T, S, C) from :func:`visual_tokens` (S = 144, C = 1024).
             audio_embeddings: float (B, Na, audio_dim) VGGish embeddings (Na = 10 for 10 s).
             text_hidden: float (B, L, text_dim) DistilRoBERTa hidden states (L = 25).
             last_frames: compute prompts only for the last ``last_frames`` frames (streaming:
                 1); None = all frames. The fusion itself always spans the whole window.
+            beta: cached-memory beta; None = :attr:`beta`. A (1,) tensor is accepted (the
+                exported graph's input).
+            traceable: the form for export (same values, float rounding aside): the three
+                attentions through :func:`self_attention` instead of ``nn.MultiheadAttention``
+                and, with ``last_frames``, the cached memory of only the rows needed through
+                :func:`cached_memory_matmul` / :func:`cached_memory_tail` (no ``CumSum``), so a
+                traced graph keeps the window length dynamic and TensorRT runs no loop.
 
         Returns:
             float (B * T', Na + S + L + 2, prompt_dim), clip-major (index b * T' + f), with
             T' = T or ``last_frames``.
         """
         b, t, s, c = vis_tokens.shape
+        tp = t if last_frames is None else last_frames
+        if last_frames is not None and not torch.jit.is_tracing() and not 1 <= last_frames <= t:
+            raise InputError(f"last_frames must be in 1..{t} (frames in the window), got {last_frames}")
+        attend = self_attention if traceable else _module_attention
+        beta = self.beta if beta is None else beta
         feat_a = self.audio_proj(audio_embeddings)  # (B, Na, C)
         feat_t = self.text_proj(text_hidden)  # (B, L, C)
-        feat_v = vis_tokens.reshape(b, t * s, c)  # (B, T*S, C)
-        n_a, n_v = feat_a.shape[1], t * s
+        n_t = text_hidden.shape[1]  # fixed (25 released): every slice below counts from the text end
+        feat_v = vis_tokens.reshape(b, -1, c)  # (B, T*S, C)
         a_t = torch.cat([feat_a, feat_t], dim=1).transpose(0, 1)  # (Na+L, B, C)
         v_t = torch.cat([feat_v, feat_t], dim=1).transpose(0, 1)  # (T*S+L, B, C)
-        a_t = self.mha_A_T(a_t, a_t, a_t, need_weights=False)[0]
-        v_t = self.mha_V_T(v_t, v_t, v_t, need_weights=False)[0]
-        cues_a = cached_memory(a_t[:n_a], self.beta).transpose(0, 1)  # (B, Na, C)
-        cues_v = cached_memory(v_t[:n_v], self.beta).transpose(0, 1).reshape(b, t, s, c)
-        cues_t = (feat_t + a_t[n_a:].transpose(0, 1) + v_t[n_v:].transpose(0, 1)) / 3.0  # (B, L, C)
-        if last_frames is not None:
-            cues_v = cues_v[:, t - last_frames :]
-        tp = cues_v.shape[1]
+        a_t = attend(self.mha_A_T, a_t)
+        v_t = attend(self.mha_V_T, v_t)
+        cues_t = (feat_t + a_t[-n_t:].transpose(0, 1) + v_t[-n_t:].transpose(0, 1)) / 3.0  # (B, L, C)
+        if traceable and last_frames is not None:  # loop-free forms, only the rows needed
+            cues_a = cached_memory_matmul(a_t[:-n_t], beta).transpose(0, 1)  # (B, Na, C)
+            cues_v = cached_memory_tail(v_t[:-n_t], beta, tp * s).transpose(0, 1).reshape(b, tp, s, c)
+        else:
+            cues_a = cached_memory(a_t[:-n_t], beta).transpose(0, 1)  # (B, Na, C)
+            cues_v = cached_memory(v_t[:-n_t], beta).transpose(0, 1).reshape(b, -1, s, c)  # (B, T, S, C)
+            cues_v = cues_v[:, t - tp :]
         tag_a = feat_a.new_zeros(b, tp, 1, c)  # [aud] modality token: constant 0
         tag_v = feat_a.new_ones(b, tp, 1, c)  # [vis] modality token: constant 1
         mm = torch.cat(
             [
-                cues_a.unsqueeze(1).expand(b, tp, n_a, c),
+                cues_a.unsqueeze(1).expand(b, tp, -1, c),
                 tag_a,
                 cues_v,
                 tag_v,
-                cues_t.unsqueeze(1).expand(b, tp, cues_t.shape[1], c),
+                cues_t.unsqueeze(1).expand(b, tp, -1, c),
             ],
             dim=2,
         )  # (B, T', Ns, C)
-        ns = mm.shape[2]
         # mha_mm on (B, T'*Ns, C) with batch_first=False: sequence axis = B (clips), as released;
         # putting the frames side by side on the "batch" axis equals the released per-frame loop.
-        mm = mm.reshape(b, tp * ns, c)
-        mm = self.mha_mm(mm, mm, mm, need_weights=False)[0]
-        mm = mm.reshape(b * tp, ns, c)
+        mm = attend(self.mha_mm, mm.reshape(b, -1, c))
+        mm = mm.reshape(b * tp, -1, c)
         return self.prompt_proj(mm)  # (B*T', Ns, P)
 
     # ---- stage 3: decode ---------------------------------------------------------------------
@@ -527,7 +638,7 @@ class OfficialEEMC(nn.Module):
         pair = torch.stack([class_logits[..., 0], class_logits[..., -1]], dim=-1)  # (N, Q, 2)
         weights = pair.softmax(dim=-1)[..., 0]  # (N, Q)
         seg = torch.einsum("nq,nqhw->nhw", weights, masks).unsqueeze(1)  # (N, 1, H_in, W_in)
-        if tuple(output_size) != tuple(seg.shape[-2:]):
+        if tuple(output_size) != tuple(self.image_size):  # seg is at the input size (static: no trace branch)
             seg = F.interpolate(seg, size=tuple(output_size), mode="bilinear", align_corners=False)
         return seg[:, 0]
 

@@ -765,6 +765,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"),
                    help="inference backend (default torch)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--engine-dir", default=None,
+                   help="cache root of exported ONNX graphs / TensorRT engines (default: $REFAVS_ROS_CACHE or "
+                        "~/.cache/refavs_ros)")
+    p.add_argument("--precision", default="fp16", choices=("fp16", "fp32"), help="TensorRT precision (default fp16)")
     p.add_argument("--num-frames", type=int, default=None, help="cached-memory window in frames (default: model config)")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU inference threads (default 1: steadiest latency next to other processes; 0 = all cores)")
@@ -823,7 +827,8 @@ def build_predictor(args: argparse.Namespace) -> Predictor:
     config = PredictorConfig(**overrides)
     return StreamingPredictor.from_pretrained(
         args.weights, config=config, model=args.model, backend=args.backend, device=args.device,
-        models_dir=args.models_dir, threads=args.threads or None,
+        models_dir=args.models_dir, threads=args.threads or None, engine_dir=args.engine_dir,
+        precision=args.precision,
     )
 
 

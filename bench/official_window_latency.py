@@ -41,7 +41,7 @@ from transformers.models.mask2former.image_processing_pil_mask2former import (
 )
 
 from refavs_ros.engines.official import OfficialStreamEngine
-from refavs_ros.models.official import OfficialEEMC, visual_tokens
+from refavs_ros.models.official import FrameFeatures, OfficialEEMC, visual_tokens
 from refavs_ros.models.official_loaders import ImagePreprocessor, OfficialTextEncoder
 from refavs_ros.models.vggish import VGGish
 
@@ -77,14 +77,25 @@ def full_size_config() -> Mask2FormerConfig:
     )
 
 
-def build_engine(device: str) -> OfficialStreamEngine:
-    """Full-size model, VGGish and DistilRoBERTa-size text encoder with random weights."""
+def full_size_parts(seed: int = 0, with_text: bool = True):
+    """Full-size model, VGGish, image processor and DistilRoBERTa-size text encoder, random weights.
+
+    Args:
+        seed: weights seed (the model and VGGish are built first, so their weights do not
+            depend on ``with_text``).
+        with_text: also build the random text encoder (None in its place otherwise).
+
+    Returns:
+        (OfficialEEMC, VGGish, ImagePreprocessor, OfficialTextEncoder | None), CPU float32, eval
+        mode; the same ``seed`` gives the same weights (and so the same export-cache key).
+    """
     from transformers import AutoTokenizer
 
     from refavs_ros.models.text import bundled_minilm_dir
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = OfficialEEMC(full_size_config())
+    vggish = VGGish()
     processor = ImagePreprocessor(
         Mask2FormerImageProcessorPil(
             do_resize=True,
@@ -100,6 +111,8 @@ def build_engine(device: str) -> OfficialStreamEngine:
             num_labels=150,
         )
     )
+    if not with_text:
+        return model.eval(), vggish.eval(), processor, None
     roberta = RobertaModel(
         RobertaConfig(
             num_hidden_layers=6,
@@ -111,7 +124,13 @@ def build_engine(device: str) -> OfficialStreamEngine:
         )
     )
     text = OfficialTextEncoder(AutoTokenizer.from_pretrained(str(bundled_minilm_dir())), roberta)
-    return OfficialStreamEngine(model, processor, text, VGGish(), device=device, num_frames=WINDOW)
+    return model.eval(), vggish.eval(), processor, text.eval()
+
+
+def build_engine(device: str) -> OfficialStreamEngine:
+    """Full-size model, VGGish and DistilRoBERTa-size text encoder with random weights (PyTorch backend)."""
+    model, vggish, processor, text = full_size_parts()
+    return OfficialStreamEngine.from_modules(model, processor, text, vggish, device=device, num_frames=WINDOW)
 
 
 @contextmanager
@@ -139,7 +158,7 @@ def main() -> None:
     t0 = time.perf_counter()
     engine = build_engine(args.device)
     build_s = time.perf_counter() - t0
-    model, dev = engine.model, engine.device
+    model, vggish, dev = engine.backend.model.net, engine.backend.model.vggish, engine.backend.device
     n_params = sum(p.numel() for p in model.parameters())
     rng = np.random.default_rng(0)
     stream_repeats = args.stream_repeats or args.repeats
@@ -161,7 +180,7 @@ def main() -> None:
                 with timed(t, "preprocess", sync):
                     pixels = engine.image_processor(images[:WINDOW]).to(dev)
                 with timed(t, "audio", sync):
-                    audio = engine.vggish(torch.from_numpy(np.stack(mels[:WINDOW])).to(dev))
+                    audio = vggish(torch.from_numpy(np.stack(mels[:WINDOW])).to(dev))
                 with timed(t, "encode", sync):
                     feats = model.encode_frames(pixels)
                 with timed(t, "fuse", sync):
@@ -189,7 +208,12 @@ def main() -> None:
             with timed(t, "fuse", sync):
                 prompts = model.fuse(tokens, audios, text[None], last_frames=1)
             with timed(t, "decode", sync):
-                model.decode(frame.features, prompts)
+                feats = FrameFeatures(
+                    frame.features["swin_last"],
+                    tuple(frame.features[f"multi_scale_{i}"] for i in range(3)),
+                    frame.features["mask_features"],
+                )
+                model.decode(feats, prompts)
             with timed(t, "step", sync):
                 engine.step(frame, emb, commit=True)
             t["total"] = t["encode_frame"] + t["encode_audio"] + t["step"]

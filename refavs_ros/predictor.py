@@ -302,8 +302,8 @@ class StreamingPredictor:
                 or, for ``model="official"``, the released ``ckpt_best_miou.pth``.
             config: run-time settings.
             model: ``"eemc"`` (paper model, tiny/base profiles) or ``"official"`` (released EEMC).
-            backend: ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"`` (EEMC; the official model
-                runs on PyTorch whatever this says).
+            backend: ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"`` (both model families; the
+                official model's graphs/engines are exported once into ``engine_dir``).
             device: torch device for the torch backend / the text encoder.
             models_dir: for ``model="official"``: directory with the Mask2Former, DistilRoBERTa and
                 VGGish sub-models; for EEMC: optional directory of a non-bundled text encoder.

@@ -267,3 +267,52 @@ def test_tensorrt_matches_pytorch_at_every_window_and_caches_engines(
         assert any(r["fp32_layers"].get("softmax", 0) > 0 for r in records)
     TensorRTBackend.from_model(stage_model, cache_dir=cache, precision=precision, max_window=6, opt_window=4)
     assert {p: p.stat().st_mtime_ns for p in engines} == stamps  # a second start rebuilds nothing
+
+
+def test_fp32_constraints_pin_float_layers_only():
+    """The layer walk of a mixed-precision build, on stand-ins of TensorRT's network objects
+    (the real API runs only on a GPU): type rules, ONNX-name matching with the parser's suffixes,
+    and no constraint on shape/index layers."""
+    from types import SimpleNamespace
+
+    from refavs_ros.backends.tensorrt_backend import apply_fp32_constraints
+
+    trt = SimpleNamespace(
+        LayerType=SimpleNamespace(SOFTMAX="softmax", NORMALIZATION="norm", GRID_SAMPLE="grid", MATRIX_MULTIPLY="mm",
+                                  SHUFFLE="shuffle", ELEMENTWISE="ew"),
+        float32="f32", float16="f16", int64="i64",
+    )
+
+    class Layer:
+        def __init__(self, name, kind, dtype="f32", shape_tensor=False):
+            self.name, self.type, self.precision = name, kind, None
+            self._out = SimpleNamespace(dtype=dtype, is_shape_tensor=shape_tensor)
+            self.num_outputs, self.output_types = 1, {}
+
+        def get_output(self, k):
+            return self._out
+
+        def set_output_type(self, k, dtype):
+            self.output_types[k] = dtype
+
+    layers = [
+        Layer("/enc/attention/Softmax", "softmax"),
+        Layer("/enc/layernorm/LayerNormalization", "norm"),
+        Layer("/enc/attention/MatMul", "mm"),  # listed node
+        Layer("/enc/attention/MatMul_1", "mm"),  # another node, not listed
+        Layer("/enc/attention/MatMul_output_0_shuffle", "shuffle"),  # helper layer of the listed node
+        Layer("/enc/attention/MatMul_2", "ew", dtype="i64"),  # listed, but an index computation
+        Layer("/enc/Shape_3", "shuffle", shape_tensor=True),
+        Layer("/enc/mlp/fc1/MatMul", "mm"),
+    ]
+    network = SimpleNamespace(num_layers=len(layers), get_layer=lambda i: layers[i])
+    fp32 = {"/enc/attention/MatMul": "attention logits", "/enc/attention/MatMul_2": "attention logits",
+            "/enc/Shape_3": "x"}
+    known = frozenset({"/enc/attention/MatMul", "/enc/attention/MatMul_1", "/enc/attention/MatMul_2", "/enc/Shape_3",
+                       "/enc/mlp/fc1/MatMul"})
+    counts = apply_fp32_constraints(trt, network, fp32, known)
+    pinned = [layer.name for layer in layers if layer.precision == "f32"]
+    assert pinned == ["/enc/attention/Softmax", "/enc/layernorm/LayerNormalization", "/enc/attention/MatMul",
+                      "/enc/attention/MatMul_output_0_shuffle"]
+    assert all(layer.output_types == {0: "f32"} for layer in layers if layer.name in pinned)
+    assert counts == {"total layers": 8, "softmax": 1, "normalization": 1, "attention logits": 2}

@@ -7,6 +7,8 @@ Examples::
     refavs-export --profile base --random-weights --out export/base  # timing/deployment dry run
     refavs-export --out export/tiny --tensorrt --precision fp16      # + engines (GPU + TensorRT)
     refavs-export --profile official --weights ckpt_best_miou.pth --models-dir models/official --out export/official
+    refavs-export --profile official --weights ckpt_best_miou.pth --models-dir models/official --out export/official \
+        --tensorrt --precision fp16 --engine-dir /var/cache/refavs      # + engines (GPU + TensorRT)
 
 Writes ``<out>/{visual,audio,fuse,decode,text}.onnx`` and ``<out>/manifest.json`` and prints
 the max abs error of every output against PyTorch. Exit code: 0 ok, 1 an error exceeds
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from refavs_ros.errors import ConfigError, ModelLoadError, RefAvsError
@@ -35,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(needs --weights and --models-dir, or --random-weights for the Swin-B architecture)")
     p.add_argument("--models-dir", type=Path, default=None,
                    help="official: directory with the Mask2Former config, distilroberta-base and vggish (see docs/official.md)")
-    p.add_argument("--window", type=int, default=10, help="official: frames per fusion window of the fuse graph (default 10)")
+    p.add_argument("--window", type=int, default=10,
+                   help="official: largest fusion window verified (default 10; the graphs accept any window) and the "
+                        "window TensorRT optimises for")
+    p.add_argument("--max-window", type=int, default=16,
+                   help="official + --tensorrt: largest window of the engines' optimization profile (default 16)")
     p.add_argument("--random-weights", action="store_true",
                    help="random weights (seed --seed) for --profile instead of a weights file (graph shapes and speed are the same)")
     p.add_argument("--seed", type=int, default=0, help="seed of --random-weights")
@@ -86,7 +93,7 @@ def _load_model(args: argparse.Namespace):
 
 
 def _export_official(args: argparse.Namespace):
-    """Export the released model; returns the ExportReport."""
+    """Export the released model; returns (ExportReport, OfficialStageModel)."""
     import torch
 
     from refavs_ros.export.official import export_official
@@ -114,9 +121,16 @@ def _export_official(args: argparse.Namespace):
         net, vggish = parts.model, parts.vggish
         text_dir = None if args.no_text else Path(args.text_model or args.models_dir / TEXT_DIR)
         source = str(args.weights)
-    print(f"exporting the released model ({source}, window {args.window}) to {args.out}", flush=True)
-    return export_official(net, args.out, window=args.window, vggish=vggish, text_model_dir=text_dir,
-                           opset=args.opset, verify=not args.no_verify)
+    from refavs_ros.models.official_stages import OfficialStageModel
+
+    model = OfficialStageModel(net, vggish)
+    print(f"exporting the released model ({source}; dynamic window, verified up to {args.window}) to {args.out}",
+          flush=True)
+    t0 = time.perf_counter()
+    report = export_official(model, args.out, window=args.window, text_model_dir=text_dir, opset=args.opset,
+                             verify=not args.no_verify)
+    print(f"export took {time.perf_counter() - t0:.1f} s", flush=True)
+    return report, model
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -125,13 +139,28 @@ def _run(args: argparse.Namespace) -> int:
     from refavs_ros.models.text import resolve_text_model
 
     if args.profile == "official":
-        if args.tensorrt or args.fp16_graphs:
-            raise ConfigError("--tensorrt and --fp16-graphs are for EEMC profiles; build official engines with trtexec")
-        report = _export_official(args)
+        if args.fp16_graphs:
+            raise ConfigError("--fp16-graphs is for EEMC profiles (official FP16 engines use per-layer FP32 constraints)")
+        report, model = _export_official(args)
         print(report.table())
         if args.json is not None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(report.to_dict(), indent=2))
+        if args.tensorrt:
+            from refavs_ros.backends.tensorrt_backend import TensorRTBackend
+
+            root = args.engine_dir or args.out
+            seeded = root / "onnx" / f"official-{report.fingerprint[:16]}"
+            if not seeded.exists() and not args.no_verify:  # seed the cache with this export: no second export
+                import shutil
+
+                shutil.copytree(args.out, seeded, ignore=shutil.ignore_patterns("onnx", "tensorrt"))
+            t0 = time.perf_counter()
+            backend = TensorRTBackend.from_model(model, cache_dir=root, precision=args.precision,
+                                                 max_window=args.max_window, opt_window=args.window)
+            print(f"tensorrt engines ready in {time.perf_counter() - t0:.1f} s (max window {args.max_window})")
+            for stage, eng in backend.stages.items():
+                print(f"tensorrt {stage:<7} {eng.path}")
         bad = [] if args.no_verify else check_tolerance(report, args.atol)
         if bad:
             print(f"refavs-export: errors above --atol {args.atol:g}: {', '.join(bad)}", file=sys.stderr)

@@ -237,11 +237,17 @@ class VoiceCommandRecognizer:
 
     # ------------------------------------------------------------------------------ stream
 
-    def reset(self) -> None:
-        """Forget the stream and any utterance in progress (keeps transcripts and stats); the
-        backend's adaptive state (pocketsphinx's live cepstral mean) starts afresh too."""
+    def reset(self, adaptation: bool = False) -> None:
+        """Forget the stream and any utterance in progress (keeps transcripts and stats).
+
+        Args:
+            adaptation: also restore the backend's adaptive state (pocketsphinx's live cepstral
+                mean) to its initial value. Off by default: the adapted value serves the next
+                stream far better (see :meth:`refavs_ros.voice.asr._SphinxBase.reset`); on makes
+                results independent of earlier streams.
+        """
         self._end_stream()
-        if hasattr(self.backend, "reset"):
+        if adaptation and hasattr(self.backend, "reset"):
             self.backend.reset()
         self._base_ns = None
         self._consumed = 0

@@ -540,6 +540,9 @@ class Region:
         mean_probability: mean probability over ``main`` (0 when empty).
         components: number of 8-connected components in the input mask.
         dropped: components removed (smaller than ``min_area`` and not the main one).
+        labels: int32 (H, W) component label per pixel (0 = background), from OpenCV.
+        main_label: label of ``main`` (0 when empty).
+        kept_labels: labels of the components in ``kept``.
     """
 
     main: np.ndarray

@@ -47,6 +47,25 @@ def main(argv: list[str] | None = None) -> int:
             + " |", "|---|" + "---|" * len(next(iter(cmd["levels"].values()))["per_voice"])]
     for key, lvl in cmd["levels"].items():
         out.append(f"| {float(key):.0f} dB | " + " | ".join(_pct(v) for v in lvl["per_voice"].values()) + " |")
+    out += ["", "Why scenes missed (from each miss's transcripts):", ""]
+    for key, lvl in cmd["levels"].items():
+        cats: dict[str, int] = {}
+        for m in lvl["misses"]:
+            heard = m.get("heard", [])
+            ref = m["ref"]
+            if ref in m["got"]:
+                cat = "right command, then replaced by a later false one"
+            elif any(h.startswith(f'"{ref}"') and "low confidence" in h for h in heard):
+                cat = "right words, rejected for low confidence"
+            elif m["got"]:
+                cat = "wrong command accepted"
+            elif any("too quiet" in h for h in heard) and not any("low confidence" in h for h in heard):
+                cat = "no command: dropped by the ambient-level gate"
+            else:
+                cat = "no command: wrong words rejected / nothing recognised"
+            cats[cat] = cats.get(cat, 0) + 1
+        out.append(f"* {float(key):.0f} dB ({len(lvl['misses'])} misses): "
+                   + ", ".join(f"{k} {v}" for k, v in sorted(cats.items(), key=lambda kv: -kv[1])))
     out += ["", "Transcripts by reason (all utterances the VAD cut, command or scene sound):", ""]
     for key, lvl in cmd["levels"].items():
         out.append(f"* {float(key):.0f} dB: " + ", ".join(f"{k} {v}" for k, v in sorted(lvl["transcript_reasons"].items())))

@@ -601,3 +601,20 @@ def test_voice_node_yaml_matches_the_parameter_schema():
     assert config.backend == "grammar" and msg_type == "AudioStamped" and (rate, channels) == (16000, 1)
     with pytest.raises(ConfigError, match="confidence_threshold"):
         recognizer_config_from_params({**values, "confidence_threshold": 3.0})
+
+
+@needs_espeak
+def test_replay_voice_starts_every_bag_without_a_command(tmp_path):
+    from refavs_ros.node.voice import VoiceStage
+    from refavs_ros.predictor import StreamingPredictor
+    from refavs_ros.tools.replay import replay_bag
+    from refavs_ros.tools.scenes_cli import main as scenes_main
+
+    assert scenes_main([str(tmp_path), "--split", "test-seen", "--count", "1", "--seed", "9", "--width", "64",
+                        "--height", "64", "--fps", "2", "--spoken-command", "20", "--quiet"]) == 0
+    predictor = StreamingPredictor.from_pretrained()
+    predictor.set_command("the command of an earlier bag")
+    stage = VoiceStage(VoiceCommandRecognizer(RecognizerConfig()))
+    report = replay_bag(next(tmp_path.iterdir()), predictor, voice=stage, warn=lambda t: None)
+    assert report.no_command >= 2  # the first frames come before the spoken command is recognised
+    assert "the command of an earlier bag" not in [p for p in report.commands]

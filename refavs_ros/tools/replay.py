@@ -290,8 +290,9 @@ def replay_bag(
         voice=voice,
     )
     pipeline.reset()
-    if voice is not None:
+    if voice is not None:  # the command must be said in this bag: none is in force at its start
         voice.emitted.clear()
+        predictor.set_command("")
     writing = bagio.BagWriter(output, storage=storage) if output is not None else contextlib.nullcontext()
     with writing as writer:
 

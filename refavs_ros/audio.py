@@ -16,10 +16,12 @@ One example therefore needs ``400 + 95 * 160 = 15600`` samples (0.975 s) of audi
 
 from __future__ import annotations
 
+from fractions import Fraction
+from functools import lru_cache
 from math import gcd
 
 import numpy as np
-from scipy.signal import resample_poly
+from scipy.signal import firwin, resample_poly
 
 from refavs_ros.errors import InputError
 
@@ -42,6 +44,49 @@ EXAMPLE_SAMPLES = STFT_WINDOW + (EXAMPLE_FRAMES - 1) * STFT_HOP
 
 _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0, np.dtype(np.int8): 128.0}
 
+MAX_POLYPHASE = 1000
+"""Largest up / down factor of the polyphase resampler. The exact ratio of every common rate to
+16 kHz stays below it (44.1 kHz: 160/441, 48 kHz: 1/3, 11.025 kHz: 640/441); an odd rate whose
+exact ratio needs more (44101 Hz: 16000/44101, 383999 Hz: 16000/383999) is resampled at the
+nearest ratio p/q with p, q <= 1000 instead: at most 5.1e-4 relative error over 1000..384000 Hz
+(worst: 320163 Hz as 1/20, under 1 cent of pitch), while the exact filter would have
+2 * 10 * max(p, q) + 1 taps (7.7 million for 383999 Hz: 2.3 s to design per chunk on the 2-core
+CPU of bench/RESULTS.md, so a stream at such a rate would stall the node)."""
+
+
+@lru_cache(maxsize=32)
+def resample_ratio(sample_rate: int) -> tuple[int, int]:
+    """The (up, down) factors :func:`to_mono_16k` resamples ``sample_rate`` Hz with.
+
+    Args:
+        sample_rate: input rate in Hz (> 0).
+
+    Returns:
+        ``(up, down)``, coprime, both <= :data:`MAX_POLYPHASE`: ``16000 / sample_rate`` exactly
+        when that fits, else its best rational approximation that does
+        (:meth:`fractions.Fraction.limit_denominator`).
+    """
+    g = gcd(int(sample_rate), SAMPLE_RATE)
+    up, down = SAMPLE_RATE // g, int(sample_rate) // g
+    if max(up, down) <= MAX_POLYPHASE:
+        return up, down
+    exact, bound = Fraction(SAMPLE_RATE, int(sample_rate)), MAX_POLYPHASE
+    while True:
+        f = exact.limit_denominator(bound)
+        if max(f.numerator, f.denominator) <= MAX_POLYPHASE:
+            return f.numerator, f.denominator
+        bound -= 1 if bound < 50 else bound // 20
+
+
+@lru_cache(maxsize=32)
+def _lowpass(up: int, down: int) -> np.ndarray:
+    """The FIR filter ``resample_poly`` designs for (up, down) (Kaiser window, beta 5), as float32:
+    designed once per ratio instead of once per chunk (scipy designs it on every call)."""
+    max_rate = max(up, down)
+    taps = firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0)).astype(np.float32)
+    taps.flags.writeable = False
+    return taps
+
 
 def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """Convert PCM audio of any rate and channel count to 16 kHz mono float32.
@@ -53,8 +98,11 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
         sample_rate: rate of ``samples`` in Hz, 1000..384000.
 
     Returns:
-        float32 array (M,), M = round(N * 16000 / sample_rate), values clipped to [-1, 1].
-        Channels are averaged (downmix); resampling is polyphase (scipy ``resample_poly``).
+        float32 array (M,), M = ceil(N * up / down) with (up, down) = :func:`resample_ratio`
+        (``16000 / sample_rate``, or its nearest p/q with p, q <= :data:`MAX_POLYPHASE`), values
+        clipped to [-1, 1] (float input is clipped before the downmix too). Channels are
+        averaged (downmix); resampling is polyphase (scipy ``resample_poly``, its default
+        Kaiser-windowed filter, designed once per ratio).
 
     Raises:
         InputError: non-integer or out-of-range rate, more than 2 dimensions, zero channels,
@@ -79,14 +127,18 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
         bad = ~np.isfinite(x)
         if bad.any():
             raise InputError(f"audio contains {int(bad.sum())} NaN/inf samples", reason="non-finite samples")
+        # clipped BEFORE the downmix and the filter: finite values near the float32 maximum
+        # would overflow to inf in the channel mean and turn into NaN in the filter
+        x = np.clip(x, -1.0, 1.0)
     else:
         raise InputError(f"unsupported audio sample dtype {arr.dtype}", reason="unsupported format")
     if x.ndim == 2:
         x = x.mean(axis=1)
     rate = int(sample_rate)
     if rate != SAMPLE_RATE and x.size:
-        g = gcd(rate, SAMPLE_RATE)
-        x = resample_poly(x, SAMPLE_RATE // g, rate // g).astype(np.float32)
+        up, down = resample_ratio(rate)
+        if up != down:
+            x = resample_poly(x, up, down, window=_lowpass(up, down)).astype(np.float32)
     return np.clip(x, -1.0, 1.0).astype(np.float32, copy=False)
 
 

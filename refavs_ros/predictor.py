@@ -173,20 +173,37 @@ class AudioRing:
     """16 kHz mono ring buffer placed on the header-stamp time line.
 
     Sample ``i`` (absolute index since the first push) has time ``origin_ns + i * 62500`` ns.
-    A chunk whose stamp is within ``tolerance_sec`` of the buffer end is appended contiguously
-    (stamp jitter is ignored); a later stamp leaves a gap that is filled with silence (dropped
-    packets); an earlier stamp (overlap, out of order) is rejected.
+    Where a chunk goes, by its stamp's index ``pos`` and the buffer end:
+
+    * ``pos`` up to ``tolerance_sec`` AFTER the end: appended contiguously (stamp jitter);
+    * later: the gap is filled with silence (dropped packets);
+    * up to ``tolerance_sec`` BEFORE the end: placed at ``pos``, replacing the buffer's last
+      ``end - pos`` samples. Resampled chunks are up to one sample longer than their duration
+      (``ceil``), so appending them contiguously would carry the end ahead of the stamps (44.1 kHz
+      in 1024-frame chunks: 0.48 sample per chunk, past a 20 ms tolerance after 15 s, and every
+      ~20 s from then on a chunk was dropped as out of order);
+    * between ``tolerance_sec`` and :attr:`jump_back_sec` before the end: rejected (out of order,
+      overlapping);
+    * :attr:`jump_back_sec` or more before the end: an audio time jump (a bag played in a loop, a
+      restarted driver, or one chunk stamped far in the future before): the buffer restarts at
+      this chunk (:attr:`jumps` counts them). Rejecting it instead would drop every later chunk
+      until the stamps caught up with the wrong end again.
 
     Args:
         capacity_sec: seconds kept (older samples are discarded), > 1.
         tolerance_sec: jitter accepted between a chunk's stamp and the buffer end (s).
+        jump_back_sec: a chunk starting this far (s) or more before the buffer end restarts the
+            buffer (the image side's time-jump threshold, 1 s).
     """
 
     NS_PER_SAMPLE = 1_000_000_000 // audio.SAMPLE_RATE  # 62500 ns at 16 kHz
 
-    def __init__(self, capacity_sec: float = 30.0, tolerance_sec: float = 0.02) -> None:
+    def __init__(self, capacity_sec: float = 30.0, tolerance_sec: float = 0.02, jump_back_sec: float = 1.0) -> None:
         self.capacity = int(capacity_sec * audio.SAMPLE_RATE)
         self.tolerance = int(tolerance_sec * audio.SAMPLE_RATE)
+        self.jump_back_sec = float(jump_back_sec)
+        self.jumps = 0
+        """Audio time jumps (chunks >= jump_back_sec before the end) since construction."""
         self.clear()
 
     def clear(self) -> None:
@@ -213,19 +230,30 @@ class AudioRing:
         """Place a 16 kHz mono chunk whose first sample has ``stamp_ns``.
 
         Raises:
-            InputError: the chunk starts before the buffered audio ends (beyond tolerance).
+            InputError: the chunk starts more than the tolerance but less than
+                :attr:`jump_back_sec` before the buffered audio ends (out of order).
         """
         if self.origin_ns is None:
             self.origin_ns = int(stamp_ns)
         pos = self.index_at(stamp_ns)
+        if pos <= self.end - int(self.jump_back_sec * audio.SAMPLE_RATE):
+            self.clear()
+            self.jumps += 1
+            self.origin_ns = int(stamp_ns)
+            pos = 0
         if pos < self.end - self.tolerance:
             raise InputError(
                 f"audio chunk stamped {stamp_ns} ns starts {(self.end - pos) / audio.SAMPLE_RATE:.3f} s before "
                 "the end of the buffered audio (out of order or overlapping); dropped",
                 reason="out-of-order audio",
             )
+        data = self.data
+        if pos < self.end:  # a small overlap: the chunk's stamp wins over the previous chunk's tail
+            data = data[: max(pos - self.start, 0)]
+            if pos < self.start:
+                self.start = pos
         gap = pos - self.end if pos > self.end + self.tolerance else 0
-        parts = [self.data, np.zeros(min(gap, self.capacity), np.float32), samples_16k.astype(np.float32)]
+        parts = [data, np.zeros(min(gap, self.capacity), np.float32), samples_16k.astype(np.float32)]
         if gap > self.capacity:
             self.start = pos - self.capacity
             parts[0] = self.data[:0]
@@ -341,7 +369,8 @@ class StreamingPredictor:
         The cached memory keeps its frames; their text-dependent features are recomputed.
 
         Raises:
-            InputError: not a string, only whitespace but non-empty, over-long, or NUL bytes.
+            InputError: not a string, only whitespace but non-empty, over-long, control
+                characters or invalid UTF-8 (:func:`refavs_ros.models.text.check_command`).
         """
         if text == "":
             self._command = ""
@@ -382,14 +411,25 @@ class StreamingPredictor:
     def push_audio(self, stamp_ns: int, samples: np.ndarray, sample_rate: int) -> None:
         """Append an audio chunk (any rate/channels) stamped at its first sample.
 
+        A chunk stamped 1 s or more before the buffered audio ends restarts the buffer (an audio
+        time jump, :class:`AudioRing`).
+
         Raises:
             InputError: bad samples (NaN/inf, shape, dtype), bad rate, or a chunk that starts
-                before the buffered audio ends (out of order). The buffer is unchanged then.
+                20 ms to 1 s before the buffered audio ends (out of order). The buffer is
+                unchanged then.
         """
         mono = audio.to_mono_16k(samples, sample_rate)
         if self.config.zero_audio:
             mono = np.zeros_like(mono)
-        self._audio.push(int(stamp_ns), mono)
+        ring, jumps = self._audio, self._audio.jumps
+        ring.push(int(stamp_ns), mono)
+        if ring.jumps != jumps:  # the ring restarted: indices mean other times now
+            self._audio_cache.clear()
+        else:  # embeddings of windows ending after this chunk's start saw samples it replaced
+            first = ring.end - mono.size
+            for key in [k for k in self._audio_cache if k > first]:
+                del self._audio_cache[key]
 
     def suppress_audio(self, start_ns: int, end_ns: int, gain: float = 0.0) -> int:
         """Scale the buffered audio stamped in [start_ns, end_ns) by ``gain`` (0 = silence).

@@ -9,6 +9,7 @@ use. Any other encoder is a local Hugging Face model directory loaded with ``fro
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
@@ -95,9 +96,17 @@ def check_command(text: str) -> str:
     whitespace is rejected, never taken as "clear", so a stray space from a UI or a recogniser
     cannot silently drop the target.
 
+    Control characters (Unicode category Cc: C0, DEL, C1; tab, line feed and carriage return
+    excepted, they are whitespace) are rejected: they are never part of an expression, and the
+    command is logged and echoed on ``active_command``, where an ESC sequence would drive the
+    reader's terminal. So is U+FFFD: rclpy decodes a ``std_msgs/String`` whose bytes are not
+    valid UTF-8 with replacement characters, so it marks a garbled message (lone surrogates,
+    which no UTF-8 text can hold, likewise).
+
     Raises:
-        InputError: not a string, blank (only whitespace), longer than MAX_COMMAND_CHARS, or
-            containing NUL characters.
+        InputError: not a string (reason ``not a string``), blank (only whitespace: ``blank
+            command``), longer than MAX_COMMAND_CHARS (``too long``), control characters
+            (``control characters``), U+FFFD or surrogates (``invalid utf-8``).
     """
     if not isinstance(text, str):
         raise InputError(f"command must be a string, got {type(text).__name__}", reason="not a string")
@@ -109,8 +118,14 @@ def check_command(text: str) -> str:
         )
     if len(stripped) > MAX_COMMAND_CHARS:
         raise InputError(f"command is {len(stripped)} characters long; the limit is {MAX_COMMAND_CHARS}", reason="too long")
-    if "\x00" in stripped:
-        raise InputError("command contains a NUL character", reason="control characters")
+    for i, ch in enumerate(stripped):
+        category = unicodedata.category(ch)
+        if category == "Cc" and ch not in "\t\n\r":
+            raise InputError(f"command contains the control character U+{ord(ch):04X} at {i}", reason="control characters")
+        if ch == "\ufffd" or category == "Cs":
+            raise InputError(
+                f"command contains U+{ord(ch):04X} at {i}: its bytes were not valid UTF-8", reason="invalid utf-8"
+            )
     return stripped
 
 

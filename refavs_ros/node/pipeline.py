@@ -265,8 +265,8 @@ class MessagePipeline:
             The change, or None when the same command was received again (its timeout restarts).
 
         Raises:
-            InputError: blank, too long, NUL characters, or not a string; the command in force
-                is unchanged.
+            InputError: blank, too long, control characters, invalid UTF-8 or not a string; the
+                command in force is unchanged.
         """
         try:
             self.predictor.set_command(text)

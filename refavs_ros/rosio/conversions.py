@@ -42,6 +42,7 @@ __all__ = [
     "image_to_rgb8",
     "make_header",
     "mask_to_image",
+    "MAX_IMAGE_PIXELS",
     "ns_to_stamp",
     "stamp_to_ns",
     "string_message",
@@ -335,6 +336,21 @@ _ENCODINGS: dict[str, tuple[int, type, str]] = {
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
 """Image encodings understood by :func:`image_to_array` and :func:`array_to_image`."""
 
+MAX_IMAGE_PIXELS = 1 << 26
+"""Largest image accepted for decoding (pixels, width x height: 67 MP, e.g. 8192 x 8192; an 8K
+UHD frame has 33 MP). Larger images are rejected before any pixel is copied or decompressed
+(reason ``too large``): a few hundred bytes of PNG or JPEG can declare a multi-gigapixel image
+(a decompression bomb), which OpenCV would allocate up to its own limit of 2**30 pixels (3 GiB
+as BGR)."""
+
+
+def _check_pixels(width: int, height: int, what: str) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InputError(
+            f"{what} image is {width}x{height} = {width * height} pixels; the limit is {MAX_IMAGE_PIXELS}",
+            reason="too large",
+        )
+
 
 def _buffer_bytes(data: Any) -> np.ndarray:
     """View a message byte sequence (numpy, bytes, array.array, list) as flat uint8."""
@@ -365,8 +381,13 @@ def image_to_array(msg: Any) -> np.ndarray:
         with OpenCV (BT.601).
 
     Raises:
-        InputError: unsupported encoding, odd width for YUV 4:2:2, ``step`` smaller than a row,
-            or ``len(data) != step * height`` (each named with the values found).
+        InputError: unsupported encoding (reason ``unsupported encoding``), zero width or height
+            (``empty image``), more than :data:`MAX_IMAGE_PIXELS` pixels (``too large``),
+            ``is_bigendian`` other than 0 or 1 (``bad endianness``: cv_bridge reads only 1 as
+            big-endian, a plain truth test any non-zero value, so other values are ambiguous),
+            ``step`` smaller than a row (``bad step``), ``len(data) != step * height`` (``data
+            length``) or an odd width for YUV 4:2:2 (``bad size``), each named with the values
+            found.
     """
     encoding = str(msg.encoding)
     if encoding not in _ENCODINGS:
@@ -379,6 +400,13 @@ def image_to_array(msg: Any) -> np.ndarray:
     row_bytes = width * channels * np.dtype(dtype).itemsize
     if height <= 0 or width <= 0:
         raise InputError(f"{encoding} image has an empty size {width}x{height}", reason="empty image")
+    _check_pixels(width, height, encoding)
+    big_endian = int(msg.is_bigendian)
+    if big_endian not in (0, 1):
+        raise InputError(
+            f"{encoding} image is_bigendian = {big_endian}; must be 0 (little-endian) or 1 (big-endian)",
+            reason="bad endianness",
+        )
     if step < row_bytes:
         raise InputError(f"{encoding} image step {step} < width*bytes_per_pixel = {row_bytes} (width {width})", reason="bad step")
     raw = _buffer_bytes(msg.data)
@@ -394,7 +422,7 @@ def image_to_array(msg: Any) -> np.ndarray:
         code = cv2.COLOR_YUV2RGB_UYVY if layout == "uyvy" else cv2.COLOR_YUV2RGB_YUY2
         return cv2.cvtColor(rows.reshape(height, width, 2), code)
     if np.dtype(dtype).itemsize > 1:
-        order = ">" if bool(msg.is_bigendian) else "<"
+        order = ">" if big_endian else "<"
         values = rows.view(np.dtype(dtype).newbyteorder(order)).astype(dtype)
     else:
         values = rows.copy()
@@ -437,11 +465,21 @@ def compressed_image_to_rgb8(msg: Any) -> np.ndarray:
         msg: object with ``format`` (e.g. ``"jpeg"``, ``"png"``, ``"rgb8; jpeg compressed bgr8"``)
             and ``data`` (numpy uint8, bytes, ``array.array('B')`` or a list).
 
+    Only PNG and JPEG data are decoded (what image_transport's ``compressed`` plugin produces),
+    recognised by their signature whatever ``format`` says; the size in the PNG ``IHDR`` or JPEG
+    ``SOF`` header is checked against :data:`MAX_IMAGE_PIXELS` BEFORE decompressing, so a
+    decompression bomb costs nothing. Other codecs OpenCV could read (TIFF, BMP, WebP, OpenEXR,
+    JPEG 2000...) are refused: no camera driver sends them as ``CompressedImage``, and each is
+    more decoder code exposed to the network.
+
     Returns:
         uint8 array (H, W, 3), RGB, C-contiguous (``cv2.imdecode``; grey images are replicated).
 
     Raises:
-        InputError: ``compressedDepth`` data, empty data, or bytes OpenCV cannot decode.
+        InputError: ``compressedDepth`` data or data that is neither PNG nor JPEG (reason
+            ``unsupported format``), empty data (``empty image``), a header declaring more than
+            :data:`MAX_IMAGE_PIXELS` pixels or a zero size (``too large`` / ``empty image``),
+            or bytes OpenCV cannot decode (``undecodable``).
     """
     fmt = str(getattr(msg, "format", ""))
     if "compressedDepth" in fmt:
@@ -449,10 +487,68 @@ def compressed_image_to_rgb8(msg: Any) -> np.ndarray:
     buf = _buffer_bytes(msg.data)
     if buf.size == 0:
         raise InputError("CompressedImage has no data", reason="empty image")
+    head = buf[:8].tobytes()
+    if head.startswith(_PNG_SIGNATURE):
+        codec, size = "PNG", _png_size(buf)
+    elif head.startswith(_JPEG_SIGNATURE):
+        codec, size = "JPEG", _jpeg_size(buf)
+    else:
+        raise InputError(
+            f"CompressedImage data ({buf.size} bytes, format {fmt!r}, starting {head[:4].hex()}) is neither PNG nor JPEG",
+            reason="unsupported format",
+        )
+    if size is None:
+        raise InputError(f"cannot decode CompressedImage: no {codec} image header in {buf.size} bytes", reason="undecodable")
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise InputError(f"{codec} header declares an empty size {width}x{height}", reason="empty image")
+    _check_pixels(width, height, codec)
     bgr = cv2.imdecode(np.ascontiguousarray(buf), cv2.IMREAD_COLOR)
     if bgr is None:
         raise InputError(f"cannot decode CompressedImage ({buf.size} bytes, format {fmt!r})", reason="undecodable")
     return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+# JPEG start-of-frame markers (ITU-T T.81 table B.1): SOF0-SOF15 except DHT, JPG and DAC
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _png_size(buf: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk (PNG spec 11.2.2), None when absent."""
+    head = buf[:24].tobytes()
+    if len(head) < 24 or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's first SOF segment (ITU-T T.81 B.2.2), None when the marker
+    segments before it are malformed or the scan starts first."""
+    data = buf.tobytes()
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # TEM, RSTn, SOI: no length field
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # EOI or start of scan before any frame header
+            return None
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in _JPEG_SOF:
+            if length < 8 or i + 9 > n:
+                return None
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
 
 
 def compressed_rgb8(

@@ -12,8 +12,8 @@ Each test fails on the code before its fix:
 * float audio near the float32 maximum turned into NaN in the downmix + resampler;
 * odd sample rates (44101 Hz, 383999 Hz) made scipy design a filter of up to 7.7 million taps
   per chunk (2.3 s each);
-* control characters (ESC...) and U+FFFD (rclpy's replacement of invalid UTF-8) were accepted
-  as commands;
+* control characters (ESC...), U+FFFD (rclpy's replacement of invalid UTF-8) and texts without
+  a letter or digit (U+200B alone) were accepted as commands;
 * audio: one chunk stamped far in the future made every later chunk "out-of-order audio"; a
   regular 44.1 kHz stream lost a chunk every ~20 s to rounding drift.
 """
@@ -158,9 +158,15 @@ def test_commands_with_control_characters_or_invalid_utf8_are_rejected(text: str
     assert _reason(check_command, text) == reason
 
 
+@pytest.mark.parametrize("text", ["\u200b", "\u200b\u200d", "?!", "...", "\U0001f436"])
+def test_commands_without_a_letter_or_digit_are_rejected(text: str) -> None:
+    assert _reason(check_command, text) == "no words"
+
+
 def test_commands_with_tabs_newlines_and_unicode_are_accepted() -> None:
     assert check_command(" the dog\tthat\nbarks\r ") == "the dog\tthat\nbarks"
     assert check_command("le chien qui aboie \u00e9 \u72ac") == "le chien qui aboie \u00e9 \u72ac"
+    assert check_command("7") == "7" and check_command("the \U0001f436!") == "the \U0001f436!"
 
 
 def test_regular_44k_audio_is_never_dropped_as_out_of_order() -> None:

@@ -101,12 +101,15 @@ def check_command(text: str) -> str:
     command is logged and echoed on ``active_command``, where an ESC sequence would drive the
     reader's terminal. So is U+FFFD: rclpy decodes a ``std_msgs/String`` whose bytes are not
     valid UTF-8 with replacement characters, so it marks a garbled message (lone surrogates,
-    which no UTF-8 text can hold, likewise).
+    which no UTF-8 text can hold, likewise). A text without a single letter or digit (only
+    punctuation, symbols, or invisible format characters such as U+200B) refers to nothing and
+    is rejected too.
 
     Raises:
         InputError: not a string (reason ``not a string``), blank (only whitespace: ``blank
             command``), longer than MAX_COMMAND_CHARS (``too long``), control characters
-            (``control characters``), U+FFFD or surrogates (``invalid utf-8``).
+            (``control characters``), U+FFFD or surrogates (``invalid utf-8``), no letter or
+            digit (``no words``).
     """
     if not isinstance(text, str):
         raise InputError(f"command must be a string, got {type(text).__name__}", reason="not a string")
@@ -126,6 +129,8 @@ def check_command(text: str) -> str:
             raise InputError(
                 f"command contains U+{ord(ch):04X} at {i}: its bytes were not valid UTF-8", reason="invalid utf-8"
             )
+    if not any(unicodedata.category(ch)[0] in "LN" for ch in stripped):
+        raise InputError(f"command {stripped[:40]!r} has no letter or digit", reason="no words")
     return stripped
 
 

@@ -152,6 +152,17 @@ class NodeGraph:
         """image stamp (ns) -> monotonic s when the node's image callback got it."""
         self.published: dict[int, tuple[float, int]] = {}
         """image stamp (ns) -> (monotonic s, system ns) when the node published its mask."""
+        self.frames: dict[int, dict[str, Any]] = {}
+        """image stamp (ns) -> what the pipeline said of the frame: ``audio_ok`` (audio within
+        ``max_av_skew_sec``, else silence), ``time_jump`` (memory reset first), ``found``,
+        ``latency_ms`` (decode to last output message)."""
+        self.record_frames = True
+        """Keep :attr:`received`, :attr:`published` and :attr:`frames` (long runs may turn it off
+        and read :attr:`on_frame` instead)."""
+        self.on_frame: Callable[[int, float | None, float, int, Any], None] | None = None
+        """Called after each published frame with (stamp ns, receive monotonic s or None,
+        publish monotonic s, publish system ns, the pipeline's FrameOutput)."""
+        self._received_lock = threading.Lock()
         self._instrument()
         self.peer = rclpy.create_node("stress_peer", namespace=self.ns, context=context)
         self.executor = MultiThreadedExecutor(num_threads=threads, context=context)
@@ -180,7 +191,9 @@ class NodeGraph:
 
         def timed_on_image(msg: Any) -> None:
             try:
-                received[conversions.stamp_to_ns(msg.header.stamp)] = time.monotonic()
+                stamp = conversions.stamp_to_ns(msg.header.stamp)
+                with self._received_lock:
+                    received[stamp] = time.monotonic()
             except Exception:  # noqa: BLE001 - a bad stamp is the node's to reject
                 pass
             on_image(msg)
@@ -190,8 +203,23 @@ class NodeGraph:
 
         def timed_publish(outcome: Any) -> None:
             publish(outcome)
-            if outcome.frame is not None:
-                published[outcome.frame.stamp_ns] = (time.monotonic(), time.time_ns())
+            frame = outcome.frame
+            if frame is None:
+                return
+            mono, wall = time.monotonic(), time.time_ns()
+            with self._received_lock:
+                got = received.get(frame.stamp_ns)
+                if not self.record_frames:  # forget this frame and the dropped ones before it
+                    for stamp in [k for k in received if k <= frame.stamp_ns]:
+                        del received[stamp]
+            if self.record_frames:
+                published[frame.stamp_ns] = (mono, wall)
+                self.frames[frame.stamp_ns] = {
+                    "audio_ok": bool(frame.prediction.audio_ok), "time_jump": bool(frame.time_jump),
+                    "found": bool(frame.prediction.found), "latency_ms": frame.latency_ms,
+                }
+            if self.on_frame is not None:
+                self.on_frame(frame.stamp_ns, got, mono, wall, frame)
 
         node._publish = timed_publish
 

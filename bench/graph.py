@@ -285,14 +285,23 @@ class NodeGraph:
                 counts[key] = counts.get(key, 0) + n
         return counts
 
-    def diagnostics_values(self) -> dict[str, str]:
-        """Key/values of the node's newest ``/diagnostics`` status ({} before any)."""
+    def diagnostics_status(self) -> Any | None:
+        """The node's newest ``diagnostic_msgs/DiagnosticStatus`` (None before any)."""
         prefix = f"{self.ns}/{self.node.get_name()}"
         for array in reversed(list(self.diagnostics.items)):
             for status in array.status:
                 if status.name.startswith(prefix):
-                    return {kv.key: kv.value for kv in status.values}
-        return {}
+                    return status
+        return None
+
+    def diagnostics_values(self) -> dict[str, str]:
+        """Key/values of the node's newest ``/diagnostics`` status ({} before any), plus
+        ``"_level"`` (0 OK, 1 WARN, 2 ERROR) and ``"_message"``."""
+        status = self.diagnostics_status()
+        if status is None:
+            return {}
+        level = status.level[0] if isinstance(status.level, (bytes, bytearray)) else int.from_bytes(status.level, "little")
+        return {kv.key: kv.value for kv in status.values} | {"_level": str(level), "_message": status.message}
 
     def wait_diagnostics(self, predicate: Callable[[dict[str, str]], bool], timeout: float = TIMEOUT) -> dict[str, str]:
         """Wait for a ``/diagnostics`` status of the node satisfying ``predicate``; returns its

@@ -398,10 +398,22 @@ class StreamingPredictor:
         if hasattr(self.engine, "set_beta"):
             self.engine.set_beta(config.beta)
 
-    def reset_memory(self) -> None:
-        """Forget the cached memory, buffered audio and pending frame (the command stays)."""
+    @property
+    def audio_time_jumps(self) -> int:
+        """Audio chunks stamped 1 s or more before the buffered audio, which restarted the audio
+        buffer (:class:`AudioRing`), since construction."""
+        return self._audio.jumps
+
+    def reset_memory(self, *, keep_audio: bool = False) -> None:
+        """Forget the cached memory, buffered audio and pending frame (the command stays).
+
+        Args:
+            keep_audio: keep the buffered audio (it already follows the new time line, e.g. the
+                audio buffer restarted on a jump of the audio stamps before the images jumped).
+        """
         self.engine.reset_memory()
-        self._audio.clear()
+        if not keep_audio:
+            self._audio.clear()
         self._audio_cache.clear()
         self._latest = None
         self._last_stepped_ns = None

@@ -106,3 +106,8 @@ def test_diagnose_lists_rejections_by_reason() -> None:
     assert values["rejected image: unsupported encoding"] == "3"
     assert values["rejected audio: empty audio"] == "2"
     assert values["bad messages dropped"] == "5"
+
+
+def test_diagnose_counts_time_jumps() -> None:
+    values = dict(diagnose(NodeStatus(lifecycle="active", time_jumps=3, audio_time_jumps=1), max_av_skew_sec=1.0).values)
+    assert values["time jumps (memory reset)"] == "3" and values["audio time jumps"] == "1"

@@ -184,3 +184,51 @@ def test_overlay_caption() -> None:
     assert overlay_caption("dog", None, None) == '"dog"'
     assert overlay_caption("dog", 0.91, True) == '"dog" score 0.91'
     assert overlay_caption("dog", 0.1, False).endswith("(absent)")
+
+
+def test_stale_stamps_in_a_row_resync(pipeline) -> None:
+    """A bag shorter than 1 s looped without /clock goes back < TIME_JUMP_BACK_NS: its frames
+    were stale forever; the STALE_RESYNC_FRAMES-th stale one in a row is now a time jump."""
+    from refavs_ros.node.pipeline import STALE_RESYNC_FRAMES
+
+    pipeline.handle_command("the dog", T0)
+    for k in range(5):
+        assert pipeline.handle_image(image(T0 + k * SEC // 10)) is not None
+    for k in range(STALE_RESYNC_FRAMES - 1):  # the loop: 0.4 s back
+        with pytest.raises(InputError, match="not newer"):
+            pipeline.handle_image(image(T0 + k * SEC // 10))
+    frame = pipeline.handle_image(image(T0 + (STALE_RESYNC_FRAMES - 1) * SEC // 10))
+    assert frame is not None and frame.time_jump and pipeline.time_jumps == 1
+    # a lagging second publisher never resyncs: the leading one's frames reset the count
+    lead = T0 + SEC
+    for k in range(3 * STALE_RESYNC_FRAMES):
+        assert pipeline.handle_image(image(lead + k * SEC // 10)) is not None
+        with pytest.raises(InputError, match="not newer"):
+            pipeline.handle_image(image(lead + k * SEC // 10 - SEC // 4))
+    assert pipeline.time_jumps == 1
+
+
+def test_clock_jump_back_resets_and_flags_the_next_frame(pipeline) -> None:
+    pipeline.handle_command("the dog", T0)
+    pipeline.handle_audio(audio(T0 - SEC // 2))
+    assert pipeline.handle_image(image(T0 + SEC // 2)) is not None
+    pipeline.clock_jumped_back()  # /clock went back 0.2 s: a short bag looped with --clock
+    assert pipeline.time_jumps == 1 and pipeline.audio_end_ns is None and pipeline.last_image_ns is None
+    frame = pipeline.handle_image(image(T0 + SEC // 2 - SEC // 5))
+    assert frame is not None and frame.time_jump
+    assert not pipeline.handle_image(image(T0 + SEC // 2)).time_jump
+
+
+def test_image_jump_keeps_audio_that_already_jumped(pipeline) -> None:
+    """Without /clock the looped audio chunk may arrive (and restart the audio buffer) before
+    the looped image: the image's time jump keeps that audio instead of discarding it."""
+    pipeline.handle_command("the dog", T0)
+    pipeline.handle_audio(audio(T0 + SEC, n=16000))
+    assert pipeline.handle_image(image(T0 + 2 * SEC)) is not None
+    pipeline.handle_audio(audio(T0 - SEC, n=16000))  # the loop's audio: 3 s back, a jump
+    assert pipeline.predictor.audio_time_jumps == 1
+    frame = pipeline.handle_image(image(T0))
+    assert frame.time_jump and frame.prediction.audio_ok and pipeline.audio_end_ns == T0
+    pipeline.handle_audio(audio(T0, n=16000))
+    assert pipeline.handle_image(image(T0 - 2 * SEC)).time_jump  # no new audio jump: audio reset
+    assert pipeline.audio_end_ns is None

@@ -117,6 +117,9 @@ class NodeStatus:
             (:attr:`refavs_ros.node.pipeline.MessagePipeline.rejections`).
         qos_incompatible: incompatible-QoS events seen on the node's topics (a peer whose QoS
             does not match gets no data).
+        time_jumps: image stamps that jumped back by 1 s or more (memory reset) since configure.
+        audio_time_jumps: audio chunks stamped 1 s or more before the buffered audio (audio
+            buffer restarted) since configure.
         depth_enabled: the node computes the 3-D target (``depth_enabled``).
         target_3d: status of the last processed frame's 3-D target: ``"known"`` or an
             :class:`refavs_ros.geometry.UnknownReason` value; "" before any.
@@ -138,6 +141,8 @@ class NodeStatus:
     bad_messages: int = 0
     rejections: dict[str, int] = field(default_factory=dict)
     qos_incompatible: int = 0
+    time_jumps: int = 0
+    audio_time_jumps: int = 0
     depth_enabled: bool = False
     target_3d: str = ""
     target_3d_detail: str = ""
@@ -205,6 +210,8 @@ def diagnose(state: NodeStatus, *, max_av_skew_sec: float) -> DiagnosticReport:
         ("bad messages dropped", str(state.bad_messages)),
         *((f"rejected {key}", str(n)) for key, n in sorted(state.rejections.items())),
         ("incompatible QoS events", str(state.qos_incompatible)),
+        ("time jumps (memory reset)", str(state.time_jumps)),
+        ("audio time jumps", str(state.audio_time_jumps)),
         ("A/V skew", _fmt(state.av_skew_sec, " s", 3)),
         ("inference latency mean", _fmt(state.inference_ms.mean(), " ms")),
         ("inference latency max", _fmt(state.inference_ms.max(), " ms")),

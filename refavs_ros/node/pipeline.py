@@ -11,9 +11,11 @@ offline and the same messages received live give the same masks byte for byte. W
   rejected) and the command timeout (:class:`~refavs_ros.node.inputs.CommandState`);
 * the stale-frame and time-jump policy: an image not newer than the last processed one is
   rejected (reason ``"stale stamp"``) unless it is at least
-  :data:`~refavs_ros.node.inputs.TIME_JUMP_BACK_NS` older, which is a time jump (a bag played in
-  a loop, a restarted driver, ``/clock`` reset): the cached memory and audio are reset and the
-  frame is processed;
+  :data:`~refavs_ros.node.inputs.TIME_JUMP_BACK_NS` older, or the
+  :data:`STALE_RESYNC_FRAMES`-th stale one in a row, which is a time jump (a bag played in a
+  loop, a restarted driver): the cached memory and audio are reset and the frame is processed;
+  :meth:`MessagePipeline.clock_jumped_back` does the same reset when the node's ROS clock
+  (``/clock``) jumps back;
 * stepping the predictor and building the output messages with the SOURCE header (never
   ``now()``): ``mask`` (mono8 0/255), ``detections`` (``vision_msgs/Detection2DArray``), the
   optional ``debug/overlay`` (bgr8) and ``active_command`` (``std_msgs/String``), through a
@@ -52,6 +54,13 @@ from refavs_ros.rosio import conversions
 
 IMAGE, AUDIO, COMMAND, DEPTH, CAMERA_INFO = "image", "audio", "command", "depth", "camera_info"
 """Input kinds used as the first part of a rejection key."""
+
+STALE_RESYNC_FRAMES = 5
+"""This many stale stamps in a row (no newer image in between) are a time jump too: the stamps
+went back by less than :data:`~refavs_ros.node.inputs.TIME_JUMP_BACK_NS` and stay there (a bag
+shorter than 1 s played in a loop without ``/clock``, a driver restarted with a clock set back
+a little), which would otherwise be rejected until they passed the old stamps, or forever. A
+second publisher lagging behind never resyncs: the leading one's frames reset the count."""
 
 
 @dataclass(frozen=True)
@@ -229,7 +238,10 @@ class MessagePipeline:
         self.last_image_ns: int | None = None
         """Stamp (ns) of the last image pushed to the predictor, None before any (or after a reset)."""
         self.time_jumps = 0
-        """Time jumps (stamps back by >= 1 s) handled since construction."""
+        """Time jumps (stamps back by >= 1 s, stale runs, ROS clock jumps) handled since construction."""
+        self._stale_run = 0  # stale stamps in a row
+        self._audio_jumps_seen = 0  # predictor.audio_time_jumps at the last processed image
+        self._jump_pending = False  # clock_jumped_back() reset the memory; the next frame says so
 
     # -------------------------------------------------------------------------------- state
     @property
@@ -237,13 +249,28 @@ class MessagePipeline:
         """The command in force ("" = none)."""
         return self.predictor.command
 
-    def reset(self) -> None:
-        """Forget the cached memory, buffered audio and the stamp history (the command stays)."""
-        self.predictor.reset_memory()
-        self.audio_end_ns = None
+    def reset(self, *, keep_audio: bool = False) -> None:
+        """Forget the cached memory, buffered audio and the stamp history (the command stays).
+
+        Args:
+            keep_audio: keep the buffered audio (see :meth:`StreamingPredictor.reset_memory`).
+        """
+        self.predictor.reset_memory(keep_audio=keep_audio)
+        if not keep_audio:
+            self.audio_end_ns = None
         self.last_image_ns = None
         if self.voice is not None:
             self.voice.reset()
+
+    def clock_jumped_back(self) -> None:
+        """The node's ROS clock jumped back (``use_sim_time``: ``/clock`` restarted, a bag played
+        in a loop): reset the memory, audio and stamp history as for a time jump, so the frames
+        of the new loop are processed however short the loop is. The next processed frame has
+        ``time_jump`` set."""
+        self.reset()
+        self.time_jumps += 1
+        self._stale_run = 0
+        self._jump_pending = True
 
     def av_skew_sec(self, stamp_ns: int) -> float | None:
         """Image stamp minus the end of the newest audio (s; > 0: audio lags), None without audio."""
@@ -375,7 +402,8 @@ class MessagePipeline:
 
         Raises:
             InputError: undecodable image, or a stale stamp (not newer than the last processed
-                image, and less than :data:`TIME_JUMP_BACK_NS` older).
+                image, less than :data:`TIME_JUMP_BACK_NS` older, and fewer than
+                :data:`STALE_RESYNC_FRAMES` stale ones in a row).
         """
         t0 = time.perf_counter()
         try:
@@ -389,9 +417,11 @@ class MessagePipeline:
         except InputError as exc:
             raise self._rejected(IMAGE, exc) from None
         self.last_image_ns = stamp_ns
+        self._audio_jumps_seen = self.predictor.audio_time_jumps
         prediction = self.predictor.step()
         if prediction is None:  # the command was cleared concurrently; nothing to publish
             return None
+        time_jump, self._jump_pending = time_jump or self._jump_pending, False
         header = msg.header
         mask = conversions.mask_to_image(prediction.mask, header, factory=self.factory)
         detections = conversions.detections_from_prediction(prediction, header, factory=self.factory)
@@ -421,11 +451,15 @@ class MessagePipeline:
         """Apply the stale-frame / time-jump policy; True when the memory was reset (jump)."""
         last = self.last_image_ns
         if last is None or stamp_ns > last:
+            self._stale_run = 0
             return False
-        if last - stamp_ns >= TIME_JUMP_BACK_NS:
-            self.reset()
+        if last - stamp_ns >= TIME_JUMP_BACK_NS or self._stale_run + 1 >= STALE_RESYNC_FRAMES:
+            # audio whose buffer restarted since the last frame already follows the new time line
+            self.reset(keep_audio=self.predictor.audio_time_jumps > self._audio_jumps_seen)
             self.time_jumps += 1
+            self._stale_run = 0
             return True
+        self._stale_run += 1
         raise InputError(
             f"image stamped {stamp_ns} ns is not newer than the last processed one ({last} ns); dropped",
             reason="stale stamp",

@@ -36,6 +36,8 @@ from rcl_interfaces.msg import (
     SetParametersResult,
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.logging import get_logger
@@ -142,6 +144,13 @@ class RefAvsNode(LifecycleNode):
         self._diag_pub: Any = None
         self._diag_timer: Any = None
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        # a backward jump of the ROS clock (use_sim_time: /clock restarted, a bag played in a loop)
+        # resets the pipeline at the next inference step (the callback runs in /clock's thread)
+        self._clock_jumped_back = False
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-1), on_clock_change=True),
+            post_callback=self._on_time_jump,
+        )
 
     # ------------------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
@@ -499,11 +508,18 @@ class RefAvsNode(LifecycleNode):
         return response
 
     # ---------------------------------------------------------------------------- inference
+    def _on_time_jump(self, jump: Any) -> None:
+        """ROS clock jump callback (backward jumps and clock source changes): flag only."""
+        self._clock_jumped_back = True
+
     def _on_infer_timer(self) -> None:
         with self._infer_lock:
             pipeline = self._pipeline
             if pipeline is None:
                 return
+            if self._clock_jumped_back:
+                self._clock_jumped_back = False
+                pipeline.clock_jumped_back()  # the next frame is logged as a time jump
             settings = self._apply_pending(pipeline.predictor)
             batch = self._buffer.take()
             overlay_pub = self._out_pubs.get("overlay")
@@ -539,7 +555,8 @@ class RefAvsNode(LifecycleNode):
                 self.get_logger().info(f"command: '{change.text}'" if change.text else "command cleared")
             self._out_pubs["active_command"].publish(change.message)
         if outcome.time_jump:
-            self.get_logger().warning("image stamps jumped back (bag loop or restarted clock): memory reset")
+            self.get_logger().warning(
+                "time jump (image stamps or the ROS clock went back: bag loop, restarted driver or /clock): memory reset")
         frame = outcome.frame
         if frame is None:
             return
@@ -569,6 +586,8 @@ class RefAvsNode(LifecycleNode):
             status.command = pipeline.command
             status.rejections = dict(pipeline.rejections + self._callback_rejections)
             status.bad_messages = sum(status.rejections.values())
+            status.time_jumps = pipeline.time_jumps
+            status.audio_time_jumps = pipeline.predictor.audio_time_jumps
             if failures:
                 status.last_error = f"{failures[-1].kind} failed: {failures[-1].detail}"
             if frame is not None:

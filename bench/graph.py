@@ -55,22 +55,35 @@ TIMEOUT = 30.0
 
 
 class Collector:
-    """Thread-safe message sink with a condition to wait on; keeps (arrival monotonic s, msg)."""
+    """Thread-safe message sink with a condition to wait on; keeps (arrival monotonic s, msg).
 
-    def __init__(self) -> None:
+    Args:
+        keep: keep the messages (else only count them: long runs would hold every mask).
+        maxlen: keep only the newest this many (None = all).
+    """
+
+    def __init__(self, keep: bool = True, maxlen: int | None = None) -> None:
+        self.maxlen = maxlen
         self.items: list[Any] = []
         self.times: list[float] = []
+        self.count = 0
+        self.keep = keep
         self._cond = threading.Condition()
 
     def __call__(self, msg: Any) -> None:
         with self._cond:
-            self.items.append(msg)
-            self.times.append(time.monotonic())
+            self.count += 1
+            if self.keep:
+                self.items.append(msg)
+                self.times.append(time.monotonic())
+                if self.maxlen is not None and len(self.items) > self.maxlen:
+                    del self.items[: len(self.items) - self.maxlen], self.times[: len(self.times) - self.maxlen]
             self._cond.notify_all()
 
     def __len__(self) -> int:
+        """Messages received (kept or not)."""
         with self._cond:
-            return len(self.items)
+            return self.count
 
     def wait_for(self, predicate: Callable[[list[Any]], bool] = bool, timeout: float = TIMEOUT) -> bool:
         """Wait until ``predicate(items)`` holds (True) or ``timeout`` s passed (False)."""
@@ -78,7 +91,7 @@ class Collector:
             return self._cond.wait_for(lambda: predicate(self.items), timeout)
 
     def clear(self) -> None:
-        """Forget what was collected (memory of long runs)."""
+        """Forget what was collected (the count stays)."""
         with self._cond:
             self.items.clear()
             self.times.clear()
@@ -139,10 +152,12 @@ class NodeGraph:
         compressed: the peer publishes ``sensor_msgs/CompressedImage`` on ``image/compressed``
             (set the node's ``image_transport`` to ``compressed`` too).
         threads: executor threads.
+        keep_outputs: keep every received mask and detections message (tests); False only
+            counts them (long runs).
     """
 
     def __init__(self, context: Context, overrides: dict[str, Any], *, compressed: bool = False,
-                 threads: int = 4) -> None:
+                 threads: int = 4, keep_outputs: bool = True) -> None:
         self.ns = f"/refavs_stress_{uuid.uuid4().hex[:8]}"
         self.node = RefAvsNode(
             namespace=self.ns, context=context,
@@ -176,7 +191,8 @@ class NodeGraph:
         self.audio_pub = self.peer.create_publisher(AudioStamped, "audio", qos_profile_sensor_data)
         self.command_pub = self.peer.create_publisher(String, "command", 10)
         self.clock_pub = self.peer.create_publisher(Clock, "/clock", 10)
-        self.masks, self.detections, self.diagnostics, self.commands = Collector(), Collector(), Collector(), Collector()
+        self.masks, self.detections = Collector(keep_outputs), Collector(keep_outputs)
+        self.diagnostics, self.commands = Collector(maxlen=100), Collector(maxlen=100)
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.peer.create_subscription(Image, "mask", self.masks, reliable)
         self.peer.create_subscription(Detection2DArray, "detections", self.detections, reliable)

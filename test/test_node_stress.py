@@ -407,3 +407,87 @@ def test_two_publishers_on_one_image_topic(make_graph) -> None:
     assert g.node._pipeline.time_jumps == jumps + len(far)
     values = sim.diagnostics(lambda v: v.get("time jumps (memory reset)") == str(jumps + len(far)))
     assert values["rejected image: stale stamp"] == str(lagging.count("rejected"))
+
+
+# ------------------------------------------------------------------------------- lifecycle
+class Camera:
+    """Publishes frames (and their audio) at ``rate_hz`` from a thread, stamped with wall time."""
+
+    def __init__(self, graph: NodeGraph, rate_hz: float = 30.0) -> None:
+        self.g, self.period = graph, 1.0 / rate_hz
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        g = self.g
+        chunk = SEC // 30
+        while not self._stop.is_set():
+            stamp = time.time_ns()
+            g.audio_pub.publish(g.audio_message(stamp - chunk, _tone(16000 // 30, self.sent)))
+            g.image_pub.publish(g.image_message(stamp, _pixels(self.sent % 7)))
+            self.sent += 1
+            self._stop.wait(self.period)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _change_state(g: NodeGraph, transition: int) -> bool:
+    client = g.peer.create_client(ChangeState, f"{g.ns}/{g.node.get_name()}/change_state")
+    try:
+        assert client.wait_for_service(timeout_sec=30)
+        done = threading.Event()
+        future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+        future.add_done_callback(lambda _: done.set())
+        assert done.wait(60), f"transition {transition} got no answer"
+        return bool(future.result().success)
+    finally:
+        g.peer.destroy_client(client)
+
+
+def test_lifecycle_transitions_while_images_stream(make_graph, capfd) -> None:
+    """deactivate / activate / cleanup / configure through the lifecycle services while a 30 Hz
+    camera streams: every transition succeeds, nothing is published while inactive (or
+    unconfigured), the predictor is freed by cleanup, and the process's memory does not grow
+    over configure/cleanup cycles."""
+    g = make_graph()
+    g.start()
+    g.send_command("the dog")
+    camera = Camera(g)
+    try:
+        assert g.masks.wait_for(lambda items: len(items) >= 5)
+        rss_after_cleanup = []
+        for cycle in range(4):
+            assert _change_state(g, Transition.TRANSITION_DEACTIVATE)
+            time.sleep(0.3)  # outputs published before the transition may still be on the way
+            n = len(g.masks)
+            time.sleep(1.0)
+            assert len(g.masks) == n, "published while inactive"
+            assert _change_state(g, Transition.TRANSITION_ACTIVATE)
+            assert g.masks.wait_for(lambda items, n=n: len(items) > n + 3), "no output after activate"
+
+            predictor = weakref.ref(g.node._pipeline.predictor)
+            assert _change_state(g, Transition.TRANSITION_DEACTIVATE)
+            assert _change_state(g, Transition.TRANSITION_CLEANUP)
+            time.sleep(0.3)
+            n = len(g.masks)
+            gc.collect()
+            assert g.node._pipeline is None and predictor() is None, "cleanup kept the predictor"
+            rss_after_cleanup.append(rss_bytes())
+            time.sleep(0.5)
+            assert len(g.masks) == n, "published while unconfigured"
+            assert _change_state(g, Transition.TRANSITION_CONFIGURE)
+            assert _change_state(g, Transition.TRANSITION_ACTIVATE)
+            assert g.node._pipeline.command == ""  # cleanup freed the pipeline with its command
+            g.send_command("the dog")
+            assert g.masks.wait_for(lambda items, n=n: len(items) > n + 3), f"no output after cycle {cycle}"
+        growth = rss_after_cleanup[-1] - rss_after_cleanup[0]
+        assert growth < 40 * 2**20, f"RSS after cleanup grew {growth / 2**20:.1f} MiB over cycles: {rss_after_cleanup}"
+        assert g.node._status.last_error == ""
+    finally:
+        camera.stop()
+    err = capfd.readouterr().err
+    assert "[ERROR]" not in err and "Traceback" not in err, err[-3000:]

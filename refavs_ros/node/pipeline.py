@@ -255,12 +255,20 @@ class MessagePipeline:
         Args:
             keep_audio: keep the buffered audio (see :meth:`StreamingPredictor.reset_memory`).
         """
-        self.predictor.reset_memory(keep_audio=keep_audio)
+        if keep_audio:
+            self.predictor.reset_memory(keep_audio=True)
+        else:  # the plain call: predictors of tools and tests may not take keep_audio
+            self.predictor.reset_memory()
         if not keep_audio:
             self.audio_end_ns = None
         self.last_image_ns = None
         if self.voice is not None:
             self.voice.reset()
+
+    @property
+    def audio_time_jumps(self) -> int:
+        """Audio time jumps of the predictor's audio buffer (0 for predictors without one)."""
+        return int(getattr(self.predictor, "audio_time_jumps", 0))
 
     def clock_jumped_back(self) -> None:
         """The node's ROS clock jumped back (``use_sim_time``: ``/clock`` restarted, a bag played
@@ -417,7 +425,7 @@ class MessagePipeline:
         except InputError as exc:
             raise self._rejected(IMAGE, exc) from None
         self.last_image_ns = stamp_ns
-        self._audio_jumps_seen = self.predictor.audio_time_jumps
+        self._audio_jumps_seen = self.audio_time_jumps
         prediction = self.predictor.step()
         if prediction is None:  # the command was cleared concurrently; nothing to publish
             return None
@@ -455,7 +463,7 @@ class MessagePipeline:
             return False
         if last - stamp_ns >= TIME_JUMP_BACK_NS or self._stale_run + 1 >= STALE_RESYNC_FRAMES:
             # audio whose buffer restarted since the last frame already follows the new time line
-            self.reset(keep_audio=self.predictor.audio_time_jumps > self._audio_jumps_seen)
+            self.reset(keep_audio=self.audio_time_jumps > self._audio_jumps_seen)
             self.time_jumps += 1
             self._stale_run = 0
             return True

@@ -620,7 +620,7 @@ class RefAvsNode(LifecycleNode):
             status.rejections = dict(pipeline.rejections + self._callback_rejections)
             status.bad_messages = sum(status.rejections.values())
             status.time_jumps = pipeline.time_jumps
-            status.audio_time_jumps = pipeline.predictor.audio_time_jumps
+            status.audio_time_jumps = pipeline.audio_time_jumps
             if failures:
                 status.last_error = f"{failures[-1].kind} failed: {failures[-1].detail}"
             if frame is not None:

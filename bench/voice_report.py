@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                "latency figures include waiting for the CPU).")
     out += ["", f"## Spoken-command scenes ({cmd['split']}, {cmd['count']} scenes, seed {cmd['seed']})", "",
             "```", f"nice -n 15 python bench/voice_commands.py --split {cmd['split']} --count {cmd['count']} "
-            f"--seed {cmd['seed']} --snr 20 10 5 0 --json bench/voice_commands.json", "```", "",
+            f"--seed {cmd['seed']} --snr 20 10 --json 20_10.json   # and --snr 5 0 --json 5_0.json",
+            "# bench/voice_commands.json = both, levels merged", "```", "",
             "| SNR | exact match | WER | no command | extra commands | end -> command p50 | p95 | max | RTF |",
             "|---|---|---|---|---|---|---|---|---|"]
     for key, lvl in cmd["levels"].items():

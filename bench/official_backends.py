@@ -295,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="threads for both runtimes (default: every core)")
     p.add_argument("--parity", action="store_true", help="also compare the backends (per stage and streaming)")
     p.add_argument("--cache", type=Path, default=None, help="export cache root (default: a fresh temporary directory)")
-    p.add_argument("--wait-idle", type=float, default=0.0, help="wait up to this many seconds for load < 0.5")
+    p.add_argument("--wait-idle", type=float, default=0.0,
+                   help="wait up to this many seconds for the 1-min load average to fall below --idle-load")
+    p.add_argument("--idle-load", type=float, default=0.5, help="load average counted as idle (default 0.5)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None)
     p.add_argument("--export-worker", type=Path, default=None, help=argparse.SUPPRESS)
@@ -308,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(export_worker(args.export_worker, args.threads)))
         return 0
     deadline = time.monotonic() + args.wait_idle
-    while os.getloadavg()[0] >= 0.5 and time.monotonic() < deadline:
+    while os.getloadavg()[0] >= args.idle_load and time.monotonic() < deadline:
         time.sleep(5)
     import onnxruntime
     import torch

@@ -204,6 +204,35 @@ def test_builder_reuses_the_cache_and_re_exports_stale_graphs(ckpt, models_dir, 
     assert read_manifest(export_dir).config["graph_version"] == OFFICIAL_GRAPH_VERSION
 
 
+def test_node_settings_build_the_official_model_on_onnxruntime(ckpt, models_dir, cache, ort_backend):
+    """The node's parameters reach the builder: model official + backend onnxruntime + engine cache."""
+    from refavs_ros.node.params import NodeSettings
+    from refavs_ros.predictor import StreamingPredictor
+
+    settings = NodeSettings.from_params({
+        "model": "official", "backend": "onnxruntime", "weights_path": str(ckpt), "models_dir": str(models_dir),
+        "engine_cache_dir": str(cache), "num_frames": 4,
+    })
+    predictor = StreamingPredictor.from_pretrained(settings.weights, **settings.pretrained_kwargs(lambda: False))
+    assert predictor.engine.name == "official" and predictor.engine.backend.name == "onnxruntime"
+    assert predictor.engine.backend.export_dir == ort_backend.export_dir and predictor.engine.window == 4
+
+
+def test_window_above_a_tensorrt_profile_is_a_config_error(stage_model, models_dir):
+    from types import SimpleNamespace
+
+    from refavs_ros.errors import ConfigError
+
+    limited = SimpleNamespace(name="tensorrt", max_window=6, run=TorchBackend(stage_model).run)
+    processor = ImagePreprocessor.from_pretrained(models_dir / MASK2FORMER_DIR)
+    text = OfficialTextEncoder.from_pretrained(models_dir / TEXT_DIR)
+    engine = OfficialStreamEngine(limited, processor, text, num_frames=6)
+    with pytest.raises(ConfigError, match="largest window 6"):
+        engine.set_window(7)
+    with pytest.raises(ConfigError, match="largest window 6"):
+        OfficialStreamEngine(limited, processor, text, num_frames=10)
+
+
 def test_replay_on_onnxruntime_gives_the_torch_masks(ckpt, models_dir, cache, tmp_path):
     """Done-when of issue 12: refavs-replay --model official --backend onnxruntime on a bag with a
     released-layout checkpoint; masks equal the torch backend's on >= 99.99 % of pixels."""

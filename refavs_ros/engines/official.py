@@ -243,10 +243,16 @@ class OfficialStreamEngine:
         """Window length in frames (>= 1, the new frame included); older committed frames leave.
 
         Raises:
-            ConfigError: ``num_frames`` < 1.
+            ConfigError: ``num_frames`` < 1, or above the backend's ``max_window`` (TensorRT).
         """
         if int(num_frames) < 1:
             raise ConfigError(f"num_frames must be >= 1, got {num_frames}")
+        limit = getattr(self.backend, "max_window", None)  # a TensorRT engine's optimization profile
+        if limit is not None and int(num_frames) > limit:
+            raise ConfigError(
+                f"num_frames {num_frames} exceeds the {self.backend.name} engines' largest window {limit} "
+                "(rebuild them with a larger max_window)"
+            )
         self._window = int(num_frames)
         self._trim()
 

@@ -20,7 +20,9 @@ Sections:
    and end to end: the streaming engines on 12 frames (start-up windows 1..9, then the full
    window), logits max abs difference and binary-mask agreement at the released 0.4 (and 0.5)
    thresholds.
-3. ``latency``: per new frame with a full window (``encode_frame`` = image preprocessing +
+3. ``compute``: GFLOP per stage (``torch.utils.flop_counter``) and this CPU's sustained float32
+   GEMM rate (torch, 2048^3), to tell how close each runtime is to the hardware.
+4. ``latency``: per new frame with a full window (``encode_frame`` = image preprocessing +
    ``visual``; ``encode_audio`` = ``audio``; ``step`` = ``fuse`` over 10 frames + ``decode``),
    p50/p95, and per stage (p50 of a timing wrapper around the backend). Backends alternate in
    blocks (``--rounds`` blocks each, ``--warmup`` unmeasured frames after every switch) in one
@@ -238,6 +240,39 @@ def bench_latency(engines: dict, timed: dict, frames_n: int, warmup: int, rounds
     return out
 
 
+# ---------------------------------------------------------------------------------- compute
+def stage_gflop(model) -> dict[str, float]:
+    """Floating-point work of each stage (GFLOP; matmuls/convolutions as counted by
+    ``torch.utils.flop_counter``; ``fuse`` at a window of 10)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from refavs_ros.export.official import official_feeds
+
+    feeds = official_feeds(model, WINDOW, seed=0)
+    out = {}
+    for stage in STAGE_ORDER:
+        args = [torch.from_numpy(feeds[stage][k]) for k in model.stages[stage].inputs]
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model.stage_module(stage)(*args)
+        out[stage] = counter.get_total_flops() / 1e9
+    return out
+
+
+def matmul_gflops(seconds: float = 2.0, n: int = 2048) -> float:
+    """Sustained float32 GEMM rate of this CPU with torch (GFLOP/s, n x n matrices)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
 # ---------------------------------------------------------------------------------- report
 def markdown(res: dict) -> str:
     lat = res["latency"]
@@ -262,6 +297,18 @@ def markdown(res: dict) -> str:
         if ts is not None and os_ is not None:
             lines.append(f"| `{stage}` | {ts:.1f} | {os_:.1f} | {ts / os_:.2f}x |")
     lines.append(f"| p95 total | {t['per_frame_p95_ms']:.0f} | {o['per_frame_p95_ms']:.0f} | - |")
+    if "gflop" in res:
+        g = res["gflop"]
+        lines += [
+            "",
+            "| stage | GFLOP | torch GFLOP/s | onnxruntime GFLOP/s |",
+            "|---|---|---|---|",
+        ]
+        for stage in STAGE_ORDER:
+            ts, os_ = t["stage_p50_ms"].get(stage), o["stage_p50_ms"].get(stage)
+            if ts and os_:
+                lines.append(f"| `{stage}` | {g[stage]:.1f} | {g[stage] / ts * 1e3:.0f} | {g[stage] / os_ * 1e3:.0f} |")
+        lines.append(f"| (torch float32 GEMM 2048^3, same process) | - | {res['matmul_gflops']:.0f} | - |")
     if "export" in res:
         ex = res["export"]
         lines += [
@@ -354,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
             sp = res["parity"]["stream"]
             print(f"  streaming: max |diff| {sp['worst_max_abs_error']:.2e}, masks agree >= {100 * sp['min_agree_0.4']:.4f} %",
                   flush=True)
+        res["gflop"] = stage_gflop(model)
+        res["matmul_gflops"] = matmul_gflops()
+        print(f"GFLOP per stage {json.dumps({k: round(v, 1) for k, v in res['gflop'].items()})}; "
+              f"torch GEMM {res['matmul_gflops']:.0f} GFLOP/s", flush=True)
         print("latency ...", flush=True)
         res["latency"] = bench_latency(engines, timed, args.frames, args.warmup, args.rounds)
         res["rss_end_mib"] = proc_status_mib("VmRSS")

@@ -86,15 +86,15 @@ def device_info() -> dict:
     return info
 
 
-def build_backend(kind: str, model, cache: Path, max_window: int):
+def build_backend(kind: str, model, cache: Path, max_window: int, device: str = "cuda"):
     """(backend, build record) for one backend kind; raises BackendUnavailableError when missing."""
     from refavs_ros.backends.registry import create_backend
 
     t0 = time.perf_counter()
     if kind == "torch":
-        backend = create_backend("torch", model, device="cuda")
+        backend = create_backend("torch", model, device=device)
     elif kind == "onnxruntime-cuda":
-        backend = create_backend("onnxruntime", model, device="cuda", cache_dir=cache)
+        backend = create_backend("onnxruntime", model, device=device, cache_dir=cache)
     else:
         precision = kind.split("-")[1]
         backend = create_backend("tensorrt", model, device="cuda", cache_dir=cache, precision=precision,
@@ -145,9 +145,7 @@ def parity(feeds_by_window: dict, ref_backend, backend, engine, ref_engine) -> d
     return out
 
 
-def latency(engine, timed: TimedBackend, frames: int, warmup: int) -> dict:
-    import torch
-
+def latency(engine, timed: TimedBackend, frames: int, warmup: int, sync) -> dict:
     images, mels = synthetic_inputs(WINDOW + warmup + frames, seed=11)
     engine.reset_memory()
     for i in range(WINDOW - 1):
@@ -157,10 +155,10 @@ def latency(engine, timed: TimedBackend, frames: int, warmup: int) -> dict:
     for j in range(warmup + frames):
         i = WINDOW - 1 + j
         timed.enabled = j >= warmup
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         engine.step(engine.encode_frame(images[i]), engine.encode_audio(mels[i]), commit=True)
-        torch.cuda.synchronize()
+        sync()
         if j >= warmup:
             totals.append((time.perf_counter() - t0) * 1e3)
     for j in range(frames):  # the CPU preprocessing alone
@@ -231,12 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=None, help="ONNX/engine cache root (default: a temporary directory)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None)
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                   help="cpu = a dry run of this script's code paths on the CPU (figures meaningless; TensorRT skipped)")
     args = p.parse_args(argv)
     import torch
 
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print(f"no CUDA GPU visible to torch {torch.__version__} (CUDA build: {torch.version.cuda}); nothing to measure")
         return 2
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     torch.backends.cuda.matmul.allow_tf32 = False  # the PyTorch reference stays FP32
     torch.backends.cudnn.allow_tf32 = False
     from bench.official_window_latency import full_size_parts
@@ -266,20 +267,20 @@ def main(argv: list[str] | None = None) -> int:
         from refavs_ros.export.official import official_feeds
 
         feeds_by_window = {w: official_feeds(model, w, seed=200 + w) for w in (1, WINDOW)}  # before .to("cuda")
-        ref_backend = TorchBackend(OfficialStageModel(net, vggish), device="cuda")  # moves net/vggish to the GPU
-        text = text.to("cuda")
+        ref_backend = TorchBackend(OfficialStageModel(net, vggish), device=args.device)  # moves net/vggish
+        text = text.to(args.device)
         ref_engine = OfficialStreamEngine(ref_backend, processor, text, num_frames=WINDOW)
         ref_engine.set_command(COMMAND)
         for kind in kinds:
             print(f"--- {kind}", flush=True)
             try:
                 backend, record = (ref_backend, {"build_s": 0.0}) if kind == "torch" else build_backend(
-                    kind, model, cache, args.max_window)
+                    kind, model, cache, args.max_window, args.device)
             except (RefAvsError, ImportError) as exc:
                 res["backends"][kind] = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"skipped: {exc}", flush=True)
                 continue
-            timed = TimedBackend(backend, torch.cuda.synchronize)
+            timed = TimedBackend(backend, sync)
             engine = OfficialStreamEngine(timed, processor, text, num_frames=WINDOW)
             engine.set_command(COMMAND)
             entry: dict = {"build": record}
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry["parity"] = parity(feeds_by_window, ref_backend, backend, engine, ref_engine)
                 timed.enabled = True
                 print(f"parity: masks agree >= {100 * entry['parity']['stream_min_agree_0.4']:.3f} %", flush=True)
-            entry["latency"] = latency(engine, timed, args.frames, args.warmup)
+            entry["latency"] = latency(engine, timed, args.frames, args.warmup, sync)
             lat = entry["latency"]
             print(f"per frame p50 {lat['per_frame_p50_ms']:.2f} ms ({lat['fps']:.1f} FPS), model {lat['model_fps']:.1f} FPS, "
                   f"stages {json.dumps({k: round(v, 2) for k, v in lat['stage_p50_ms'].items()})}", flush=True)

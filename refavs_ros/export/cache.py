@@ -267,9 +267,15 @@ def cached_export_dir(
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         if official:
+            import time
+
             from refavs_ros.export.official import export_official
 
+            print(f"refavs_ros: exporting the released model's ONNX graphs to {target} (once per checkpoint; "
+                  "minutes on a small CPU)", flush=True)
+            t0 = time.perf_counter()
             export_official(model, tmp, opset=opset, verify=verify)
+            print(f"refavs_ros: exported in {time.perf_counter() - t0:.1f} s", flush=True)
         else:
             from refavs_ros.export.eemc import (
                 export_eemc,  # the exporter needs torch.onnx; cache hits do not

@@ -246,7 +246,9 @@ def build_engine(
             every input with a dynamic axis (names the graph lacks are ignored).
         fp32_layers: ONNX node name -> reason; with ``precision="fp16"`` these layers (and
             every softmax / normalization / grid-sample layer) are pinned to FP32 under
-            ``OBEY_PRECISION_CONSTRAINTS`` (:func:`apply_fp32_constraints`).
+            ``OBEY_PRECISION_CONSTRAINTS`` (:func:`apply_fp32_constraints`); if TensorRT cannot
+            build that, it retries once with ``PREFER_PRECISION_CONSTRAINTS`` (recorded as
+            ``precision_constraints`` in the build record).
 
     Returns:
         ``engine_path``.
@@ -287,12 +289,13 @@ def build_engine(
             profile_record[tensor.name] = [list(lo), list(opt), list(hi)]
         config.add_optimization_profile(profile)
     constrained: dict[str, int] = {}
+    constraints = ""
     if not strongly_typed:
         if precision == "fp16":
             config.set_flag(trt.BuilderFlag.FP16)
             if fp32_layers is not None:
-                obey = getattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None) or trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS
-                config.set_flag(obey)
+                constraints = "obey"
+                config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
                 import onnx
 
                 known = frozenset(n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node)
@@ -300,6 +303,15 @@ def build_engine(
         elif hasattr(trt.BuilderFlag, "TF32"):
             config.clear_flag(trt.BuilderFlag.TF32)
     serialized = builder.build_serialized_network(network, config)
+    if serialized is None and constraints == "obey":
+        # a pinned layer without an FP32 kernel in its fused form fails an OBEY build; PREFER lets
+        # TensorRT fall back for that layer only (it logs which) instead of failing the engine
+        print(f"refavs_ros: TensorRT could not honour every FP32 constraint of {onnx_path}; retrying with "
+              "PREFER_PRECISION_CONSTRAINTS", flush=True)
+        config.clear_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+        constraints = "prefer"
+        serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ModelLoadError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
     engine_path = Path(engine_path)
@@ -314,6 +326,7 @@ def build_engine(
         "strongly_typed": strongly_typed,
         "profile": profile_record,
         "fp32_layers": constrained,
+        "precision_constraints": constraints,
         "build_seconds": round(time.perf_counter() - t0, 2),
     }
     engine_path.with_name(engine_path.name + ".json").write_text(json.dumps(record, indent=2))

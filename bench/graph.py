@@ -241,11 +241,12 @@ class NodeGraph:
 
     # -------------------------------------------------------------------------------- setup
     def close(self) -> None:
-        """Stop spinning and destroy both nodes."""
+        """Stop spinning, then destroy both nodes (the spin thread is joined first: destroying
+        entities it is waiting on would raise in it)."""
         self.executor.shutdown()
+        self.thread.join(timeout=5)
         self.node.destroy_node()
         self.peer.destroy_node()
-        self.thread.join(timeout=5)
 
     def wait_subscribed(self, topic: str, timeout: float = TIMEOUT) -> bool:
         """Wait until refavs_node subscribes to ``topic`` (relative to its namespace)."""

@@ -293,7 +293,7 @@ def _bad_audio(draw) -> Bad:
     elif label == "format mismatch":
         own = "uint8_data" if fmt == msgs.PA_INT24 else PA_FORMATS[fmt][0]
         other = draw(st.sampled_from([f for f in _FIELDS if f != own]))
-        arrays = {other: np.ones(frames * channels, dict((f, d) for f, d in PA_FORMATS.values())[other])}
+        arrays = {other: np.ones(frames * channels, dict(PA_FORMATS.values())[other])}
     elif label == "bad rate":
         rate = draw(st.integers(-(2**31), 0))
     elif label == "rate out of range":

@@ -250,8 +250,7 @@ class AudioRing:
         data = self.data
         if pos < self.end:  # a small overlap: the chunk's stamp wins over the previous chunk's tail
             data = data[: max(pos - self.start, 0)]
-            if pos < self.start:
-                self.start = pos
+            self.start = min(self.start, pos)
         gap = pos - self.end if pos > self.end + self.tolerance else 0
         parts = [data, np.zeros(min(gap, self.capacity), np.float32), samples_16k.astype(np.float32)]
         if gap > self.capacity:

@@ -97,6 +97,9 @@ class GoodFrames:
         self.audio_end_ns = start + n * SEC // 16000
         g.image_pub.publish(g.image_message(stamp, _pixels(stamp % 1000)))
         assert g.masks.wait_for(lambda items: any(stamp_of(m) == stamp for m in items)), f"good frame {stamp} not answered"
+        # NodeGraph records the frame after the node's publish() returns, which can be after the
+        # mask reached this process: wait for the record too
+        assert wait_until(lambda: stamp in g.published), f"good frame {stamp} published but not recorded"
         self.sent.append(stamp)
         return stamp
 

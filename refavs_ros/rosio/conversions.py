@@ -28,6 +28,7 @@ from refavs_ros.errors import ConfigError, InputError
 from refavs_ros.rosio import msgs
 
 __all__ = [
+    "MAX_IMAGE_PIXELS",
     "ClassFactory",
     "MessageFactory",
     "RosbagsFactory",
@@ -42,7 +43,6 @@ __all__ = [
     "image_to_rgb8",
     "make_header",
     "mask_to_image",
-    "MAX_IMAGE_PIXELS",
     "ns_to_stamp",
     "stamp_to_ns",
     "string_message",

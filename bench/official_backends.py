@@ -26,7 +26,8 @@ Sections:
    ``visual``; ``encode_audio`` = ``audio``; ``step`` = ``fuse`` over 10 frames + ``decode``),
    p50/p95, and per stage (p50 of a timing wrapper around the backend). Backends alternate in
    blocks (``--rounds`` blocks each, ``--warmup`` unmeasured frames after every switch) in one
-   process, as ``bench/backend_latency.py`` does.
+   process, as ``bench/backend_latency.py`` does. Also the process CPU time per frame (all
+   threads; less sensitive to other jobs than wall time, but it counts OpenMP spin-waiting).
 
 On a 2-core machine this takes ~10 minutes; run it when the machine is quiet (``--wait-idle``
 waits for the 1-min load average to fall below 0.5; the load is recorded at start and end).
@@ -201,6 +202,7 @@ def stream_parity(engines: dict, frames: int = 12) -> dict:
 def bench_latency(engines: dict, timed: dict, frames_n: int, warmup: int, rounds: int) -> dict:
     images, mels = synthetic_inputs(WINDOW + warmup + frames_n + 1, seed=11)
     totals: dict[str, list[float]] = {name: [] for name in engines}
+    cpu: dict[str, list[float]] = {name: [] for name in engines}  # process CPU time, all threads
     parts: dict[str, dict[str, list[float]]] = {name: {} for name in engines}
     for e in engines.values():  # full windows
         e.reset_memory()
@@ -213,6 +215,7 @@ def bench_latency(engines: dict, timed: dict, frames_n: int, warmup: int, rounds
                 i = WINDOW - 1 + (j % (len(images) - WINDOW))
                 measured = j >= warmup
                 tb.enabled = measured
+                c0 = time.process_time()
                 t0 = time.perf_counter()
                 frame = e.encode_frame(images[i])
                 t1 = time.perf_counter()
@@ -222,6 +225,7 @@ def bench_latency(engines: dict, timed: dict, frames_n: int, warmup: int, rounds
                 t3 = time.perf_counter()
                 if measured:
                     totals[name].append((t3 - t0) * 1e3)
+                    cpu[name].append((time.process_time() - c0) * 1e3)
                     for key, val in (("encode_frame", t1 - t0), ("encode_audio", t2 - t1), ("step", t3 - t2)):
                         parts[name].setdefault(key, []).append(val * 1e3)
             tb.enabled = True
@@ -232,6 +236,7 @@ def bench_latency(engines: dict, timed: dict, frames_n: int, warmup: int, rounds
             "per_frame_p50_ms": pct(totals[name], 50),
             "per_frame_p95_ms": pct(totals[name], 95),
             "per_frame_min_ms": float(min(totals[name])),
+            "per_frame_cpu_p50_ms": pct(cpu[name], 50),
             "frames": len(totals[name]),
             "parts_p50_ms": {k: pct(v, 50) for k, v in parts[name].items()},
             "stage_p50_ms": stages,
@@ -289,6 +294,10 @@ def markdown(res: dict) -> str:
         "|---|---|---|---|",
         f"| **total** (encode_frame + encode_audio + step) | {t['per_frame_p50_ms']:.0f} | {o['per_frame_p50_ms']:.0f} | "
         f"**{t['per_frame_p50_ms'] / o['per_frame_p50_ms']:.2f}x** |",
+        f"| CPU time per frame (all threads of the process) | {t['per_frame_cpu_p50_ms']:.0f} | "
+        f"{o['per_frame_cpu_p50_ms']:.0f} | {t['per_frame_cpu_p50_ms'] / o['per_frame_cpu_p50_ms']:.2f}x |",
+        f"| fastest frame | {t['per_frame_min_ms']:.0f} | {o['per_frame_min_ms']:.0f} | "
+        f"{t['per_frame_min_ms'] / o['per_frame_min_ms']:.2f}x |",
         f"| image preprocessing (PIL resize 640x480 -> 384, normalise) | {t['preprocess_p50_ms']:.0f} | "
         f"{o['preprocess_p50_ms']:.0f} | - |",
     ]

@@ -16,7 +16,11 @@ commands are compared with the ground truth:
 Usage (niced, it is long)::
 
     nice -n 15 python bench/voice_commands.py --split test-seen --count 200 --seed 9 \
-        --snr 20 10 5 0 --json bench/voice_results.json
+        --snr clean 20 10 5 0 --json bench/voice_commands.json
+
+Latency on a quiet machine (run un-niced, nothing else running; prints p50/p95 per level)::
+
+    python bench/voice_commands.py --count 200 --snr 20
 
 Prints one line per SNR and a per-voice breakdown; ``--errors`` lists every miss.
 """
@@ -70,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=200)
     p.add_argument("--start-index", type=int, default=0)
     p.add_argument("--seed", type=int, default=9)
-    p.add_argument("--snr", type=float, nargs="+", default=[20.0, 10.0, 5.0, 0.0])
+    p.add_argument("--snr", nargs="+", default=["20", "10", "5", "0"],
+                   help="SNR levels (dB); 'clean' = the speech alone, scene sounds muted")
+    p.add_argument("--cmn", default=None, choices=["utterance", "live", "batch"],
+                   help="grammar backend cepstral mean normalisation (default: the backend's)")
     p.add_argument("--backend", default="grammar")
     p.add_argument("--threshold", type=float, default=None, help="confidence threshold (default: config)")
     p.add_argument("--min-silence", type=float, default=None)
@@ -91,19 +98,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.threshold is not None:
         kw["confidence_threshold"] = args.threshold
     if args.min_silence is not None:
-        kw["vad"] = VadConfig(min_silence_sec=args.min_silence, speech_pad_sec=min(0.15, args.min_silence))
+        kw["vad"] = VadConfig(min_silence_sec=args.min_silence, speech_pad_sec=min(VadConfig.speech_pad_sec, args.min_silence))
     heard: list = []
-    rec = VoiceCommandRecognizer(RecognizerConfig(backend=args.backend, **kw), on_transcript=heard.append)
-    if os.environ.get("VOICE_BATCH"):  # experiment: whole-utterance decoding with batch CMN
+    backend = None
+    if args.cmn is not None:
+        from refavs_ros.voice import Vocabulary
         from refavs_ros.voice.asr import GrammarBackend
-        rec.backend = GrammarBackend(rec.vocabulary, cmn="batch")
-        rec._streaming = False
+
+        backend = GrammarBackend(Vocabulary.load(None), cmn=args.cmn)
+    rec = VoiceCommandRecognizer(RecognizerConfig(backend=args.backend, **kw), on_transcript=heard.append,
+                                 backend=backend)
+    print(f"load average at start {[round(x, 2) for x in os.getloadavg()]} ({os.cpu_count()} CPUs); latency "
+          "figures include any wait for the CPU", flush=True)
     scenes = [generate_scene(args.split, i, args.seed)
               for i in range(args.start_index, args.start_index + args.count)]
     results = {"split": args.split, "count": args.count, "seed": args.seed, "backend": args.backend,
                "config": {k: str(v) for k, v in rec.config.__dict__.items()}, "load_avg": os.getloadavg(),
                "cpu": platform.processor() or platform.machine(), "levels": {}}
-    for snr in args.snr:
+    for level in args.snr:
+        clean = level == "clean"
+        snr = None if clean else float(level)
         exact = 0
         errs = words = 0
         lat = []
@@ -115,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         audio_sec = 0.0
         for scene in scenes:
-            spoken = speak_scene(scene, snr, args.seed)
+            spoken = speak_scene(scene, snr, args.seed, clean=clean)
             sc = spoken.meta["spoken_command"]
             audio_sec += spoken.audio.size / spoken.sample_rate
             heard.clear()
@@ -142,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t0
         n = len(scenes)
         lvl = {
-            "snr_db": snr, "scenes": n, "exact_match": exact / n, "wer": errs / max(words, 1),
+            "snr_db": "clean" if clean else snr, "scenes": n, "exact_match": exact / n, "wer": errs / max(words, 1),
             "no_command": none, "extra_commands": extra,
             "latency_ms_p50": float(np.percentile(lat, 50)) if lat else None,
             "latency_ms_p95": float(np.percentile(lat, 95)) if lat else None,
@@ -150,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             "real_time_factor": wall / audio_sec, "per_voice": {k: v[0] / v[1] for k, v in sorted(per_voice.items())},
             "transcript_reasons": dict(reasons), "misses": misses,
         }
-        results["levels"][str(snr)] = lvl
-        print(f"SNR {snr:>4.0f} dB: exact {100 * lvl['exact_match']:.1f} % ({exact}/{n}), WER {100 * lvl['wer']:.1f} %, "
+        results["levels"]["clean" if clean else str(snr)] = lvl
+        print(f"{'clean' if clean else f'SNR {snr:>4.0f} dB'}: exact {100 * lvl['exact_match']:.1f} % ({exact}/{n}), WER {100 * lvl['wer']:.1f} %, "
               f"no command {none}, extra commands {extra}, latency p50 {lvl['latency_ms_p50'] or 0:.0f} ms "
               f"p95 {lvl['latency_ms_p95'] or 0:.0f} ms, RTF {lvl['real_time_factor']:.3f}; per voice "
               + ", ".join(f"{k} {100 * v:.0f}%" for k, v in lvl["per_voice"].items()), flush=True)
@@ -159,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             for m in misses:
                 print("   miss", m["scene"], repr(m["ref"]), "->", m["got"], m["voice"], m["rate"], m["pitch"], m["heard"])
     results["load_avg_end"] = os.getloadavg()
+    print(f"load average at end {[round(x, 2) for x in results['load_avg_end']]}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -15,6 +15,10 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f} %"
 
 
+def _lvl(key: str) -> str:
+    return "clean" if key == "clean" else f"{float(key):.0f} dB"
+
+
 def _num(v, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
@@ -41,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
             "| SNR | exact match | WER | no command | extra commands | end -> command p50 | p95 | max | RTF |",
             "|---|---|---|---|---|---|---|---|---|"]
     for key, lvl in cmd["levels"].items():
-        out.append(f"| {float(key):.0f} dB | {_pct(lvl['exact_match'])} | {_pct(lvl['wer'])} | {lvl['no_command']} | "
+        out.append(f"| {_lvl(key)} | {_pct(lvl['exact_match'])} | {_pct(lvl['wer'])} | {lvl['no_command']} | "
                    f"{lvl['extra_commands']} | {_num(lvl['latency_ms_p50'], 0)} ms | {_num(lvl['latency_ms_p95'], 0)} ms | "
                    f"{_num(lvl['latency_ms_max'], 0)} ms | {_num(lvl['real_time_factor'])} |")
     out += ["", "Exact match per voice:", "", "| SNR | " + " | ".join(next(iter(cmd["levels"].values()))["per_voice"])
             + " |", "|---|" + "---|" * len(next(iter(cmd["levels"].values()))["per_voice"])]
     for key, lvl in cmd["levels"].items():
-        out.append(f"| {float(key):.0f} dB | " + " | ".join(_pct(v) for v in lvl["per_voice"].values()) + " |")
+        out.append(f"| {_lvl(key)} | " + " | ".join(_pct(v) for v in lvl["per_voice"].values()) + " |")
     out += ["", "Why scenes missed (from each miss's transcripts):", ""]
     for key, lvl in cmd["levels"].items():
         cats: dict[str, int] = {}
@@ -65,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 cat = "no command: wrong words rejected / nothing recognised"
             cats[cat] = cats.get(cat, 0) + 1
-        out.append(f"* {float(key):.0f} dB ({len(lvl['misses'])} misses): "
+        out.append(f"* {_lvl(key)} ({len(lvl['misses'])} misses): "
                    + ", ".join(f"{k} {v}" for k, v in sorted(cats.items(), key=lambda kv: -kv[1])))
     out += ["", "Transcripts by reason (all utterances the VAD cut, command or scene sound):", ""]
     for key, lvl in cmd["levels"].items():
-        out.append(f"* {float(key):.0f} dB: " + ", ".join(f"{k} {v}" for k, v in sorted(lvl["transcript_reasons"].items())))
+        out.append(f"* {_lvl(key)}: " + ", ".join(f"{k} {v}" for k, v in sorted(lvl["transcript_reasons"].items())))
     out += ["", "Definitions: exact match = the command in force at the end of the scene (the last accepted one) "
             "equals the ground truth after normalisation (lower case, punctuation dropped, hyphens as spaces); "
             "WER over the same final command (no command = every word deleted); latency = stamp of the audio "

@@ -375,6 +375,102 @@ def test_end_to_end_streamed_command_and_no_command_from_noise(vocab):
     assert _stream(rec, noise.astype(np.float32)) == []
 
 
+@needs_espeak
+def test_cmn_estimator_matches_pocketsphinx_batch_mean():
+    """The running estimate from 512-sample blocks equals the mean pocketsphinx's batch CMN
+    computes over the whole utterance (same front end), utterance after utterance, and it
+    moves with the signal level."""
+    import pocketsphinx
+
+    from refavs_ros.voice.asr import CmnEstimator, _cmn_vec, _pcm16
+
+    x = with_floor(0.1 * say("where is the right motorcycle"), level=0.001)
+    batch = pocketsphinx.Decoder(samprate=RATE, loglevel="FATAL", dither=True, lm=None)
+    batch.add_jsgf_string("g", "#JSGF V1.0;\ngrammar g;\npublic <a> = the;\n")
+    batch.activate_search("g")
+    batch.start_utt()
+    batch.process_raw(_pcm16(x), False, True)
+    batch.end_utt()
+    want = _cmn_vec(batch.get_cmn(False))
+    # fresh noise-removal statistics per utterance, as the batch decoder's first utterance has
+    est = CmnEstimator(pocketsphinx.Decoder(samprate=RATE, loglevel="FATAL", dither=True, lm=None), fresh_noise=True)
+    for prior in (None, want + 5.0):  # the reference value does not matter
+        est.begin(prior)
+        for i in range(0, x.size, WINDOW):
+            est.add(_pcm16(x[i : i + WINDOW]), x[i : i + WINDOW].size)
+        got = est.mean()
+        est.close()
+        assert est.frames == pytest.approx(x.size / 160, abs=4)
+        np.testing.assert_allclose(got, want, atol=0.25)
+    est.begin()
+    est.add(_pcm16(0.1 * x), x.size)  # 20 dB quieter: the energy term c0 drops, the rest stays
+    assert est.mean()[0] < want[0] - 1.0
+    est.close()
+
+
+@needs_espeak
+def test_grammar_backend_streamed_utterance_cmn_equals_whole(vocab):
+    """cmn="utterance": decoding trails the audio by cmn_lag_sec and the last part is decoded
+    at end(); fed in VAD windows or whole, the result is the same command."""
+    from refavs_ros.voice.asr import GrammarBackend
+
+    backend = GrammarBackend(vocab)
+    assert backend.cmn == "utterance" and backend.streaming
+    for i, text in enumerate(("the object that keeps making a sound", "the cup")):
+        x = with_floor(np.concatenate([np.zeros(4800, np.float32), say(text), np.zeros(4800, np.float32)]), seed=i)
+        whole = backend.transcribe(x)
+        backend.begin()
+        for k in range(0, x.size, WINDOW):
+            backend.feed(x[k : k + WINDOW])
+        streamed = backend.end()
+        assert whole.text == streamed.text == text
+        assert streamed.confidence == pytest.approx(whole.confidence, abs=0.15)
+    backend.begin()
+    backend.feed(x[:WINDOW])
+    backend.cancel()  # abandoned utterance: nothing left over for the next one
+    assert backend.transcribe(x).text == "the cup"
+
+
+@needs_espeak
+def test_grammar_backend_batch_cmn_is_not_streamed(vocab):
+    from refavs_ros.voice.asr import GrammarBackend
+
+    backend = GrammarBackend(vocab, cmn="batch")
+    assert not backend.streaming
+    x = with_floor(say("the sounding cup"))
+    assert backend.transcribe(x).text == "the sounding cup"
+    rec = VoiceCommandRecognizer(RecognizerConfig(), backend=backend, vocabulary=vocab, vad=_energy_vad)
+    assert not rec._streaming
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"cmn": "prior"}, "cmn must be one of"),
+    ({"cmn_lag_sec": -0.1}, "cmn_lag_sec"),
+    ({"cmn_update_sec": 0.0}, "cmn_update_sec"),
+    ({"topn": 0}, "topn"),
+    ({"topn": 4.0}, "topn"),
+])
+def test_grammar_backend_bad_settings(vocab, kwargs, message):
+    from refavs_ros.voice.asr import GrammarBackend
+
+    with pytest.raises(ConfigError, match=message):
+        GrammarBackend(vocab, **kwargs)
+
+
+def test_default_vocabulary_is_the_benchmark_world(vocab):
+    """Words the scene world never uses are not in the default grammar (each is one more
+    confusion: "right" heard as "white"); users add theirs in their own file."""
+    from refavs_ros.scenes.catalog import CATEGORY_SPECS, COLOURS
+
+    assert vocab.list_words("colours") == set(COLOURS)
+    nouns = {w for c in CATEGORY_SPECS for n in (c.name, *c.synonyms) for w in n.split()}
+    assert nouns <= vocab.list_words("objects")
+    for text in ("the white cup", "the second object to make a sound", "the object on the middle",
+                 "the dog that is barking"):
+        assert not vocab.matches(text), text
+    assert vocab.matches("the cup in the middle") and vocab.matches("the bell that is ringing")
+
+
 def test_pocketsphinx_lm_backend_runs():
     from refavs_ros.voice.asr import PocketsphinxLMBackend
 
@@ -490,6 +586,24 @@ def test_speak_scene_mixes_at_the_requested_snr():
         speak_scene(scene, 99.0)
     with pytest.raises(ConfigError):
         synthesize("   ")
+
+
+@needs_espeak
+def test_speak_scene_clean_mutes_the_scene():
+    from refavs_ros.scenes import SceneConfig, generate_scene
+    from refavs_ros.scenes.speech import CLEAN_FLOOR_DBFS, CLEAN_SPEECH_DBFS, speak_scene
+
+    scene = generate_scene("test-seen", 3, 0, SceneConfig(width=64, height=64, fps=1.0))
+    clean = speak_scene(scene, None, 0, clean=True)
+    sc = clean.info()["spoken_command"]
+    assert sc["snr_db"] is None and sc["voice"] == speak_scene(scene, 10.0, 0).info()["spoken_command"]["voice"]
+    x = clean.audio.astype(np.float64) / 32768.0
+    a = int((sc["start_ns"] - scene.audio_start_ns) * RATE // 10**9)
+    b = int((sc["end_ns"] - scene.audio_start_ns) * RATE // 10**9)
+    assert abs(10 * np.log10(np.mean(x[:a] ** 2)) - CLEAN_FLOOR_DBFS) < 1.0  # the floor only
+    assert abs(10 * np.log10(np.mean(x[a:b] ** 2)) - CLEAN_SPEECH_DBFS) < 0.5
+    with pytest.raises(ConfigError):
+        speak_scene(scene, None, 0)
 
 
 @needs_espeak

@@ -204,7 +204,7 @@ def recognizer_config_from_params(values: dict) -> tuple[Any, str, int, int]:
 
     v = {spec.name: spec.validate(values[spec.name]) for spec in VOICE_NODE_PARAMETERS}
     vad = VadConfig(threshold=v["vad_threshold"], min_speech_sec=v["min_speech_sec"],
-                    min_silence_sec=v["min_silence_sec"], speech_pad_sec=min(0.15, v["min_silence_sec"]),
+                    min_silence_sec=v["min_silence_sec"], speech_pad_sec=min(VadConfig.speech_pad_sec, v["min_silence_sec"]),
                     max_utterance_sec=v["max_utterance_sec"])
     config = RecognizerConfig(backend=v["backend"], vocabulary_path=v["vocabulary_path"], whisper_dir=v["whisper_dir"],
                               wake_phrase=v["wake_phrase"], confidence_threshold=v["confidence_threshold"],

@@ -110,7 +110,14 @@ def _trim(x: np.ndarray) -> np.ndarray:
     return x[loud[0] : loud[-1] + 1]
 
 
-def speak_scene(scene, snr_db: float, seed: int = 0, *, voices: tuple[str, ...] = VOICES):
+CLEAN_SPEECH_DBFS = -25.0
+"""Speech level (RMS over its span, dBFS) of a ``clean`` spoken scene."""
+CLEAN_FLOOR_DBFS = -60.0
+"""Level (RMS, dBFS) of the white noise floor of a ``clean`` spoken scene (a microphone's)."""
+
+
+def speak_scene(scene, snr_db: float | None, seed: int = 0, *, voices: tuple[str, ...] = VOICES,
+                clean: bool = False):
     """A copy of ``scene`` whose audio also contains the spoken command.
 
     The voice, rate, pitch and onset are drawn from a stream seeded by
@@ -118,9 +125,14 @@ def speak_scene(scene, snr_db: float, seed: int = 0, *, voices: tuple[str, ...] 
 
     Args:
         scene: a :class:`~refavs_ros.scenes.Scene` (int16 mono audio).
-        snr_db: speech-to-scene power ratio over the speech span (dB), -10..60.
+        snr_db: speech-to-scene power ratio over the speech span (dB), -10..60; ignored (may
+            be None) when ``clean``.
         seed: benchmark seed.
         voices: espeak-ng voices to draw from.
+        clean: the scene's sounds are muted: the speech alone at :data:`CLEAN_SPEECH_DBFS` over
+            a :data:`CLEAN_FLOOR_DBFS` noise floor (the benchmark's reference condition: what is
+            lost to the recogniser itself, not to the scene's sounds). ``snr_db`` is recorded
+            as None.
 
     Returns:
         The new Scene: ``audio`` with the speech mixed in, ``meta["spoken_command"]`` =
@@ -131,7 +143,8 @@ def speak_scene(scene, snr_db: float, seed: int = 0, *, voices: tuple[str, ...] 
     Raises:
         ConfigError: espeak-ng missing, SNR out of range, or the speech does not fit in the clip.
     """
-    if not isinstance(snr_db, (int, float)) or isinstance(snr_db, bool) or not -10.0 <= snr_db <= 60.0:
+    if not clean and (not isinstance(snr_db, (int, float)) or isinstance(snr_db, bool)
+                      or not -10.0 <= snr_db <= 60.0):
         raise ConfigError(f"snr_db must be in -10..60 dB, got {snr_db!r}")
     if not voices:
         raise ConfigError("need at least one espeak-ng voice")
@@ -149,8 +162,13 @@ def speak_scene(scene, snr_db: float, seed: int = 0, *, voices: tuple[str, ...] 
         raise ConfigError(f"spoken command of {speech.size / sr:.2f} s does not fit in the "
                           f"{audio.size / sr:.1f} s clip of {scene.scene_id}")
     p_speech = float(np.mean(speech.astype(np.float64) ** 2))
-    p_scene = float(np.mean(audio[start:end].astype(np.float64) ** 2))
-    gain = np.sqrt(max(p_scene, 1e-12) * 10.0 ** (snr_db / 10.0) / max(p_speech, 1e-12))
+    if clean:
+        floor = np.random.default_rng(derive_seed("speech-floor", scene.split, scene.meta.get("index", 0), seed))
+        audio = (10 ** (CLEAN_FLOOR_DBFS / 20) * floor.standard_normal(audio.size)).astype(np.float32)
+        gain = 10 ** (CLEAN_SPEECH_DBFS / 20) / np.sqrt(max(p_speech, 1e-12))
+    else:
+        p_scene = float(np.mean(audio[start:end].astype(np.float64) ** 2))
+        gain = np.sqrt(max(p_scene, 1e-12) * 10.0 ** (snr_db / 10.0) / max(p_speech, 1e-12))
     mix = audio.copy()
     mix[start:end] += np.float32(gain) * speech
     peak = float(np.abs(mix).max(initial=0.0))
@@ -166,6 +184,6 @@ def speak_scene(scene, snr_db: float, seed: int = 0, *, voices: tuple[str, ...] 
     out.meta["command_source"] = "spoken"
     out.meta["spoken_command"] = {
         "text": scene.expression, "voice": voice, "rate_wpm": rate, "pitch": pitch, "start_ns": start_ns,
-        "end_ns": end_ns, "snr_db": float(snr_db), "speech_dbfs": round(float(speech_dbfs), 2),
+        "end_ns": end_ns, "snr_db": None if clean else float(snr_db), "speech_dbfs": round(float(speech_dbfs), 2),
     }
     return out

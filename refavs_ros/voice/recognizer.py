@@ -224,7 +224,8 @@ class VoiceCommandRecognizer:
                                                 whisper_dir=cfg.whisper_dir)
         self.vad = vad or SileroVad(threads=cfg.vad_threads)
         self._decoding = False
-        self._streaming = all(hasattr(self.backend, m) for m in ("begin", "feed", "end", "cancel"))
+        self._streaming = (all(hasattr(self.backend, m) for m in ("begin", "feed", "end", "cancel"))
+                           and getattr(self.backend, "streaming", True))
         self.segmenter = UtteranceSegmenter(cfg.vad)
         self.on_transcript = on_transcript
         self.transcripts: deque[Transcript] = deque(maxlen=cfg.transcript_history)

@@ -325,22 +325,11 @@ class StreamingPredictor:
         :func:`refavs_ros.engines.build.build_engine`).
 
         Args:
-            weights: EEMC safetensors file (None = the shipped ``models/refavs_tiny.safetensors``),
-                or, for ``model="official"``, the released ``ckpt_best_miou.pth``.
-            config: run-time settings.
-            model: ``"eemc"`` (paper model, tiny/base profiles) or ``"official"`` (released EEMC).
-            backend: ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"`` (both model families; the
-                official model's graphs/engines are exported once into ``engine_dir``).
-            device: torch device for the torch backend / the text encoder.
-            models_dir: for ``model="official"``: directory with the Mask2Former, DistilRoBERTa and
-                VGGish sub-models; for EEMC: optional directory of a non-bundled text encoder.
-            engine_dir: cache directory for exported ONNX files / TensorRT engines.
-            precision: TensorRT precision, ``"fp16"`` or ``"fp32"``.
-            threads: CPU threads for inference (``torch.set_num_threads``, process-wide, and
-                onnxruntime's intra-op pool); None = the libraries' defaults (every core). On a
-                robot that runs other nodes, 1 avoids the latency spikes of thread pools that
-                wait for descheduled threads (tiny profile, 2-core CPU: p95 22 ms with 1 thread
-                vs 107 ms with 2 under load).
+            weights, model, backend, device, models_dir, engine_dir, precision, threads: as
+                :func:`~refavs_ros.engines.build.build_engine` (the shipped tiny EEMC on the
+                torch backend, CPU, by default).
+            config: run-time settings; its ``num_frames`` and ``beta`` size the engine's
+                cached memory.
 
         Raises:
             ModelLoadError: missing or incompatible weights/sub-model files (named).

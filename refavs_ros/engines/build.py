@@ -30,6 +30,10 @@ MODELS = ("eemc", "official")
 def set_threads(threads: int | None) -> None:
     """Set torch's process-wide intra-op thread count (None = leave the default: every core).
 
+    On a robot that runs other nodes, 1 avoids the latency spikes of thread pools that wait for
+    descheduled threads (tiny profile, 2-core CPU: p95 22 ms with 1 thread vs 107 ms with 2
+    under load).
+
     Raises:
         ConfigError: ``threads`` < 1.
     """

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import rclpy
 from rcl_interfaces.msg import IntegerRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.logging import get_logger
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 
-from refavs_ros.errors import RefAvsError
 from refavs_ros.node.capture import MicrophoneCapture, load_sounddevice
+from refavs_ros.ros.common import run_node
 from refavs_ros.rosio import conversions
 
 NODE_NAME = "audio_capture_node"
@@ -102,25 +100,7 @@ def main(args: list[str] | None = None) -> int:
     Returns:
         0 after a clean shutdown, 1 when the microphone cannot be opened (reason logged).
     """
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = AudioCaptureNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except RefAvsError as exc:
-        get_logger(NODE_NAME).fatal(str(exc))
-        code = 1
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return code
+    return run_node(AudioCaptureNode, NODE_NAME, SingleThreadedExecutor, args=args)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,7 @@ import traceback
 from collections import Counter
 from typing import Any
 
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import (
     FloatingPointRange,
     IntegerRange,
@@ -38,15 +37,11 @@ from rcl_interfaces.msg import (
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
 from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
     QoSProfile,
-    ReliabilityPolicy,
     qos_policy_name_from_kind,
 )
 from sensor_msgs.msg import CompressedImage, Image
@@ -69,7 +64,6 @@ from refavs_ros.node.params import (
     DIAGNOSTICS_QOS,
     PARAMETERS,
     NodeSettings,
-    QosSpec,
     check_parameter_change,
 )
 from refavs_ros.node.pipeline import (
@@ -80,6 +74,7 @@ from refavs_ros.node.pipeline import (
 )
 from refavs_ros.node.voice import transcript_json, voice_stage_from_settings
 from refavs_ros.predictor import StreamingPredictor
+from refavs_ros.ros.common import diagnostic_array, run_node, to_qos_profile
 from refavs_ros.rosio import conversions
 
 NODE_NAME = "refavs_node"
@@ -87,16 +82,6 @@ DIAGNOSTICS_PERIOD_SEC = 1.0
 """Period (s, node clock) of the ``/diagnostics`` status."""
 LOG_THROTTLE_SEC = 5.0
 """At most one log line per kind of bad input per this many seconds."""
-
-
-def to_qos_profile(spec: QosSpec) -> QoSProfile:
-    """Map a :class:`~refavs_ros.node.params.QosSpec` to an rclpy ``QoSProfile`` (KEEP_LAST)."""
-    return QoSProfile(
-        history=HistoryPolicy.KEEP_LAST,
-        depth=spec.depth,
-        reliability=ReliabilityPolicy.RELIABLE if spec.reliable else ReliabilityPolicy.BEST_EFFORT,
-        durability=DurabilityPolicy.TRANSIENT_LOCAL if spec.transient_local else DurabilityPolicy.VOLATILE,
-    )
 
 
 def _release_heap() -> None:
@@ -654,48 +639,20 @@ class RefAvsNode(LifecycleNode):
             settings = self._settings
             report = diagnose(state, max_av_skew_sec=settings.max_av_skew_sec if settings else 1.0)
             hardware_id = state.device
-        status = DiagnosticStatus(
-            level=bytes([report.level]),
-            name=f"{self.get_namespace().rstrip('/')}/{self.get_name()}: pipeline",
-            message=report.message,
-            hardware_id=hardware_id,
-            values=[KeyValue(key=k, value=v) for k, v in report.values],
-        )
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
+        array = diagnostic_array(self, level=report.level, part="pipeline", message=report.message,
+                                 hardware_id=hardware_id, values=report.values)
         if self._diag_pub is not None:
             self._diag_pub.publish(array)
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point of ``ros2 run refavs_ros refavs_node``.
+    """Entry point of ``ros2 run refavs_ros refavs_node``: configure and activate (autostart),
+    then spin on a 4-thread executor (see :func:`refavs_ros.ros.common.run_node`).
 
     Returns:
-        process exit code: 0 after a clean shutdown, 1 when the node could not start or the
-        autostart transitions failed.
+        process exit code: 0 after a clean shutdown, 1 when the node could not be built.
     """
-    rclpy.init(args=args)
-    code = 0
-    node = None
-    try:
-        node = RefAvsNode()
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        if not node.bring_up():
-            node.get_logger().error("autostart failed: the node stays unconfigured (see the error above); "
-                                    "fix the parameters and call the configure transition")
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:  # noqa: BLE001 - report why the node could not start, then exit 1
-        get_logger(NODE_NAME).fatal(f"{type(exc).__name__}: {exc}")
-        code = 1
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return code
+    return run_node(RefAvsNode, NODE_NAME, lambda: MultiThreadedExecutor(num_threads=4), bring_up=True, args=args)
 
 
 if __name__ == "__main__":

@@ -24,17 +24,15 @@ import traceback
 from collections import Counter
 from typing import Any
 
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import (
     FloatingPointRange,
     IntegerRange,
     ParameterDescriptor,
     SetParametersResult,
 )
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.logging import get_logger
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
 
@@ -46,7 +44,7 @@ from refavs_ros.node.voice import (
     recognizer_config_from_params,
     transcript_json,
 )
-from refavs_ros.ros.node import to_qos_profile
+from refavs_ros.ros.common import diagnostic_array, run_node, to_qos_profile
 from refavs_ros.rosio import conversions
 
 NODE_NAME = "voice_command_node"
@@ -265,42 +263,20 @@ class VoiceCommandNode(LifecycleNode):
             DiagnosticStatus.WARN, self._lifecycle)
         if rejected and self._lifecycle == "active":
             level, message = DiagnosticStatus.WARN, f"listening; {rejected} audio messages rejected"
-        status = DiagnosticStatus(level=level, name=f"{self.get_namespace().rstrip('/')}/{self.get_name()}: voice",
-                                  message=message, hardware_id="microphone",
-                                  values=[KeyValue(key=str(k), value=str(v)) for k, v in sorted(values.items())])
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
+        array = diagnostic_array(self, level=level[0], part="voice", message=message, hardware_id="microphone",
+                                 values=sorted(values.items()))
         if self._diag_pub is not None:
             self._diag_pub.publish(array)
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point of ``ros2 run refavs_ros voice_command_node``.
+    """Entry point of ``ros2 run refavs_ros voice_command_node``: configure and activate
+    (autostart), then spin (see :func:`refavs_ros.ros.common.run_node`).
 
     Returns:
-        0 after a clean shutdown, 1 when the node could not start.
+        process exit code: 0 after a clean shutdown, 1 when the node could not be built.
     """
-    rclpy.init(args=args)
-    code = 0
-    node = None
-    try:
-        node = VoiceCommandNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        if not node.bring_up():
-            node.get_logger().error("autostart failed: the node stays unconfigured (see the error above)")
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:  # noqa: BLE001 - report why the node could not start, then exit 1
-        get_logger(NODE_NAME).fatal(f"{type(exc).__name__}: {exc}")
-        code = 1
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return code
+    return run_node(VoiceCommandNode, NODE_NAME, SingleThreadedExecutor, bring_up=True, args=args)
 
 
 if __name__ == "__main__":

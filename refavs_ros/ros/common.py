@@ -1,0 +1,105 @@
+"""What the package's rclpy nodes share: the process entry point, the QoS mapping and the
+``/diagnostics`` message.
+
+The three executables (``refavs_node``, ``voice_command_node``, ``audio_capture_node``) start,
+spin and shut down the same way (the rclpy pattern of ros2/demos ``lifecycle_py``: init, one
+executor, spin until Ctrl-C or an external shutdown, destroy the node, shutdown the context)
+and publish one ``diagnostic_msgs/DiagnosticStatus`` per period (REP 107 ``/diagnostics``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import Executor, ExternalShutdownException
+from rclpy.logging import get_logger
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from refavs_ros.node.params import QosSpec
+
+__all__ = ["diagnostic_array", "run_node", "to_qos_profile"]
+
+
+def to_qos_profile(spec: QosSpec) -> QoSProfile:
+    """Map a :class:`~refavs_ros.node.params.QosSpec` to an rclpy ``QoSProfile`` (KEEP_LAST of
+    ``spec.depth`` messages, RELIABLE or BEST_EFFORT, TRANSIENT_LOCAL or VOLATILE)."""
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=spec.depth,
+        reliability=ReliabilityPolicy.RELIABLE if spec.reliable else ReliabilityPolicy.BEST_EFFORT,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL if spec.transient_local else DurabilityPolicy.VOLATILE,
+    )
+
+
+def diagnostic_array(node: Any, *, level: int, part: str, message: str, hardware_id: str,
+                     values: Iterable[tuple[Any, Any]]) -> DiagnosticArray:
+    """One ``DiagnosticArray`` holding the status of ``node`` (REP 107).
+
+    Args:
+        node: the rclpy node; the status is named ``<namespace>/<node name>: <part>`` and the
+            array stamped with the node's clock (sim time when ``use_sim_time``).
+        level: ``DiagnosticStatus.OK`` (0), ``WARN`` (1), ``ERROR`` (2) or ``STALE`` (3).
+        part: what of the node the status describes (``pipeline``, ``voice``, ...).
+        message: one line for the operator.
+        hardware_id: the device the node runs on or reads (``cpu``, ``cuda:0``, ``microphone``).
+        values: (key, value) pairs, converted with ``str``, in the given order.
+
+    Returns:
+        a ``diagnostic_msgs/DiagnosticArray`` with one status.
+    """
+    status = DiagnosticStatus(
+        level=bytes([int(level)]),
+        name=f"{node.get_namespace().rstrip('/')}/{node.get_name()}: {part}",
+        message=message,
+        hardware_id=hardware_id,
+        values=[KeyValue(key=str(k), value=str(v)) for k, v in values],
+    )
+    array = DiagnosticArray(status=[status])
+    array.header.stamp = node.get_clock().now().to_msg()
+    return array
+
+
+def run_node(make_node: Callable[[], Any], name: str, make_executor: Callable[[], Executor], *, bring_up: bool = False,
+             args: list[str] | None = None) -> int:
+    """Run one node until Ctrl-C or an external shutdown: the body of each executable's ``main``.
+
+    Args:
+        make_node: builds the node (after ``rclpy.init``).
+        name: the node's default name, for the fatal log line when it cannot be built.
+        make_executor: builds the executor that spins the node (single- or multi-threaded, as
+            the node needs; built after ``rclpy.init``, in the default context).
+        bring_up: call ``node.bring_up()`` (the lifecycle nodes' autostart: configure, then
+            activate) before spinning; when it fails the node keeps running unconfigured, so
+            that the operator can fix parameters and call the transitions.
+        args: command-line arguments for ``rclpy.init`` (ROS arguments included).
+
+    Returns:
+        process exit code: 0 after a clean shutdown, 1 when the node or its executor could not
+        be built (the reason is logged as FATAL: a :class:`~refavs_ros.errors.RefAvsError` such
+        as a microphone that cannot be opened, or any other exception).
+    """
+    rclpy.init(args=args)
+    code = 0
+    node = None
+    try:
+        node = make_node()
+        executor = make_executor()
+        executor.add_node(node)
+        if bring_up and not node.bring_up():
+            node.get_logger().error("autostart failed: the node stays unconfigured (see the error above); "
+                                    "fix the parameters and call the configure transition")
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:  # noqa: BLE001 - report why the node could not start, then exit 1
+        get_logger(name).fatal(f"{type(exc).__name__}: {exc}")
+        code = 1
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return code

@@ -36,6 +36,8 @@ import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
 from audio_common_msgs.msg import AudioStamped  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -165,6 +167,7 @@ class NodeGraph:
         )
         self.received: dict[int, float] = {}
         """image stamp (ns) -> monotonic s when the node's image callback got it."""
+        self._lifecycle_client: Any = None
         self.published: dict[int, tuple[float, int]] = {}
         """image stamp (ns) -> (monotonic s, system ns) when the node published its mask."""
         self.frames: dict[int, dict[str, Any]] = {}
@@ -275,6 +278,28 @@ class NodeGraph:
         self.command_pub.publish(String(data=text))
         if not self.commands.wait_for(lambda items: bool(items) and items[-1].data == text.strip(), timeout):
             raise RuntimeError(f"command {text!r} was not applied")
+
+    def change_state(self, transition: int, timeout: float = TIMEOUT) -> bool:
+        """Ask refavs_node for a lifecycle transition through its ``change_state`` service
+        (``lifecycle_msgs/Transition`` id, e.g. ``Transition.TRANSITION_DEACTIVATE``).
+
+        One client per graph, created on first use and kept: a client created per call can
+        send its request before the service has matched the client's response reader, and
+        the answer is then lost (seen once in CI: the node made the transition, the caller
+        waited 60 s for the answer).
+
+        Returns:
+            the service's ``success``; False when no answer came within ``timeout`` s.
+        """
+        if self._lifecycle_client is None:
+            self._lifecycle_client = self.peer.create_client(
+                ChangeState, f"{self.ns}/{self.node.get_name()}/change_state")
+            if not self._lifecycle_client.wait_for_service(timeout_sec=timeout):
+                return False
+        done = threading.Event()
+        future = self._lifecycle_client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+        future.add_done_callback(lambda _: done.set())
+        return bool(done.wait(timeout) and future.result().success)
 
     def publish_clock(self, stamp_ns: int) -> None:
         """Publish ``/clock`` (use the node's ``use_sim_time``)."""

@@ -414,21 +414,11 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------------- lifecycle
 def run_lifecycle(args: argparse.Namespace) -> dict[str, Any]:
     from lifecycle_msgs.msg import Transition
-    from lifecycle_msgs.srv import ChangeState
 
     from bench.graph import NodeGraph, make_weights, ros_context, rss_bytes
 
     def change(g: NodeGraph, transition: int) -> bool:
-        client = g.peer.create_client(ChangeState, f"{g.ns}/{g.node.get_name()}/change_state")
-        try:
-            client.wait_for_service(timeout_sec=30)
-            done = threading.Event()
-            future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
-            future.add_done_callback(lambda _: done.set())
-            done.wait(120)
-            return bool(future.done() and future.result().success)
-        finally:
-            g.peer.destroy_client(client)
+        return g.change_state(transition, timeout=120)
 
     def settled_rss() -> float:
         gc.collect()

@@ -96,9 +96,9 @@ class Harness:
 
     def close(self) -> None:
         self.executor.shutdown()
+        self.thread.join(timeout=5)  # before destroying what the spin thread may be waiting on
         self.node.destroy_node()
         self.peer.destroy_node()
-        self.thread.join(timeout=5)
 
     def latched_command(self) -> Collector:
         """Subscribe late to active_command with transient-local QoS."""

@@ -34,7 +34,6 @@ if not hasattr(_audio_msgs, "AudioStamped"):
 pytest.importorskip("hypothesis", reason="hypothesis is not installed (pip install -e .[test])")
 
 from lifecycle_msgs.msg import Transition  # noqa: E402
-from lifecycle_msgs.srv import ChangeState  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from bench import malformed  # noqa: E402
@@ -439,16 +438,7 @@ class Camera:
 
 
 def _change_state(g: NodeGraph, transition: int) -> bool:
-    client = g.peer.create_client(ChangeState, f"{g.ns}/{g.node.get_name()}/change_state")
-    try:
-        assert client.wait_for_service(timeout_sec=30)
-        done = threading.Event()
-        future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
-        future.add_done_callback(lambda _: done.set())
-        assert done.wait(60), f"transition {transition} got no answer"
-        return bool(future.result().success)
-    finally:
-        g.peer.destroy_client(client)
+    return g.change_state(transition, timeout=60)
 
 
 def test_lifecycle_transitions_while_images_stream(make_graph, capfd) -> None:

@@ -39,14 +39,19 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState  # noqa: E402
 from rclpy.context import Context  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from rclpy.qos import (  # noqa: E402
+    DurabilityPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from vision_msgs.msg import Detection2DArray  # noqa: E402
 
+from refavs_ros.ros.common import NodeExecutor  # noqa: E402
 from refavs_ros.ros.node import RefAvsNode  # noqa: E402
 from refavs_ros.rosio import conversions  # noqa: E402
 
@@ -146,7 +151,7 @@ def machine_line() -> str:
 
 
 class NodeGraph:
-    """refavs_node + a peer node in one context, spun by a MultiThreadedExecutor thread.
+    """refavs_node + a peer node in one context, spun by a NodeExecutor (multi-threaded) thread.
 
     Args:
         context: an initialised rclpy context (:func:`ros_context`).
@@ -183,7 +188,7 @@ class NodeGraph:
         self._received_lock = threading.Lock()
         self._instrument()
         self.peer = rclpy.create_node("stress_peer", namespace=self.ns, context=context)
-        self.executor = MultiThreadedExecutor(num_threads=threads, context=context)
+        self.executor = NodeExecutor(num_threads=threads, context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.peer)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)

@@ -31,7 +31,6 @@ if not hasattr(_audio_msgs, "AudioStamped"):
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.context import Context  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import (  # noqa: E402
@@ -45,6 +44,7 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from vision_msgs.msg import Detection2DArray  # noqa: E402
 
+from refavs_ros.ros.common import NodeExecutor  # noqa: E402
 from refavs_ros.ros.node import RefAvsNode  # noqa: E402
 from refavs_ros.rosio import conversions  # noqa: E402
 
@@ -71,7 +71,7 @@ class Collector:
 
 
 class Harness:
-    """refavs_node + a peer node in one context, spun by a MultiThreadedExecutor thread."""
+    """refavs_node + a peer node in one context, spun by a NodeExecutor (multi-threaded) thread."""
 
     def __init__(self, context: Any, overrides: dict[str, Any]) -> None:
         self.ns = f"/refavs_test_{uuid.uuid4().hex[:8]}"
@@ -80,7 +80,7 @@ class Harness:
             parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
         )
         self.peer = rclpy.create_node("peer", namespace=self.ns, context=context)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
+        self.executor = NodeExecutor(num_threads=4, context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.peer)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -434,3 +434,24 @@ def test_diagnostics_describe_the_node(make_harness) -> None:
     status = next(st for arr in h.diagnostics.items for st in arr.status if st.name.startswith(h.ns))
     keys = {kv.key for kv in status.values}
     assert {"image rate", "A/V skew", "inference latency mean", "end-to-end latency mean", "backend", "model"} <= keys
+
+
+def test_node_executor_survives_an_entity_destroyed_while_collecting(context, monkeypatch) -> None:
+    """rclpy 7.1.x raises InvalidHandle from spin_once when a subscription is destroyed while the
+    wait set is collected (ros2/rclpy#1284); refavs_node's executor counts it and keeps spinning,
+    and any other error still propagates."""
+    from rclpy.exceptions import InvalidHandle
+    from rclpy.executors import MultiThreadedExecutor
+
+    executor = NodeExecutor(num_threads=2, context=context)
+    errors = [InvalidHandle("cannot use Destroyable because destruction was requested"), RuntimeError("other")]
+
+    def failing_spin_once(self, timeout_sec=None):
+        raise errors.pop(0)
+
+    monkeypatch.setattr(MultiThreadedExecutor, "spin_once", failing_spin_once)
+    executor.spin_once(0.0)
+    assert executor.destroy_races == 1
+    with pytest.raises(RuntimeError, match="other"):
+        executor.spin_once(0.0)
+    executor.shutdown()

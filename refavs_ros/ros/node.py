@@ -11,7 +11,7 @@ public source it was checked against, in ``docs/ros_api_checklist.md``.
 A message never kills the node: callbacks catch everything, and the pipeline returns bad or
 failing messages as rejections, counted by reason in ``/diagnostics`` and logged (throttled).
 
-Threads (MultiThreadedExecutor): subscription callbacks run in a reentrant group and only hand
+Threads (NodeExecutor, a MultiThreadedExecutor; see ros/common.py): subscription callbacks run in a reentrant group and only hand
 messages to :class:`~refavs_ros.node.inputs.InputBuffer`; the inference timer and the
 ``enable`` / ``reset_memory`` services share a mutually exclusive group, so the predictor is only
 touched by one thread at a time; lifecycle and parameter services use the default group. The
@@ -37,7 +37,6 @@ from rcl_interfaces.msg import (
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -74,7 +73,12 @@ from refavs_ros.node.pipeline import (
 )
 from refavs_ros.node.voice import transcript_json, voice_stage_from_settings
 from refavs_ros.predictor import StreamingPredictor
-from refavs_ros.ros.common import diagnostic_array, run_node, to_qos_profile
+from refavs_ros.ros.common import (
+    NodeExecutor,
+    diagnostic_array,
+    run_node,
+    to_qos_profile,
+)
 from refavs_ros.rosio import conversions
 
 NODE_NAME = "refavs_node"
@@ -652,7 +656,7 @@ def main(args: list[str] | None = None) -> int:
     Returns:
         process exit code: 0 after a clean shutdown, 1 when the node could not be built.
     """
-    return run_node(RefAvsNode, NODE_NAME, lambda: MultiThreadedExecutor(num_threads=4), bring_up=True, args=args)
+    return run_node(RefAvsNode, NODE_NAME, NodeExecutor, bring_up=True, args=args)
 
 
 if __name__ == "__main__":

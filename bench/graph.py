@@ -151,20 +151,19 @@ def machine_line() -> str:
 
 
 class NodeGraph:
-    """refavs_node + a peer node in one context, spun by a NodeExecutor (multi-threaded) thread.
+    """refavs_node + a peer node in one context, spun by a NodeExecutor (the node's single-threaded executor) in a thread.
 
     Args:
         context: an initialised rclpy context (:func:`ros_context`).
         overrides: refavs_node parameters (name -> value), e.g. ``weights_path``, ``use_sim_time``.
         compressed: the peer publishes ``sensor_msgs/CompressedImage`` on ``image/compressed``
             (set the node's ``image_transport`` to ``compressed`` too).
-        threads: executor threads.
         keep_outputs: keep every received mask and detections message (tests); False only
             counts them (long runs).
     """
 
     def __init__(self, context: Context, overrides: dict[str, Any], *, compressed: bool = False,
-                 threads: int = 4, keep_outputs: bool = True) -> None:
+                 keep_outputs: bool = True) -> None:
         self.ns = f"/refavs_stress_{uuid.uuid4().hex[:8]}"
         self.node = RefAvsNode(
             namespace=self.ns, context=context,
@@ -188,7 +187,7 @@ class NodeGraph:
         self._received_lock = threading.Lock()
         self._instrument()
         self.peer = rclpy.create_node("stress_peer", namespace=self.ns, context=context)
-        self.executor = NodeExecutor(num_threads=threads, context=context)
+        self.executor = NodeExecutor(context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.peer)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)

@@ -71,7 +71,7 @@ class Collector:
 
 
 class Harness:
-    """refavs_node + a peer node in one context, spun by a NodeExecutor (multi-threaded) thread."""
+    """refavs_node + a peer node in one context, spun by a NodeExecutor (the node's single-threaded executor) in a thread."""
 
     def __init__(self, context: Any, overrides: dict[str, Any]) -> None:
         self.ns = f"/refavs_test_{uuid.uuid4().hex[:8]}"
@@ -80,7 +80,7 @@ class Harness:
             parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
         )
         self.peer = rclpy.create_node("peer", namespace=self.ns, context=context)
-        self.executor = NodeExecutor(num_threads=4, context=context)
+        self.executor = NodeExecutor(context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.peer)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -437,19 +437,19 @@ def test_diagnostics_describe_the_node(make_harness) -> None:
 
 
 def test_node_executor_survives_an_entity_destroyed_while_collecting(context, monkeypatch) -> None:
-    """rclpy 7.1.x raises InvalidHandle from spin_once when a subscription is destroyed while the
-    wait set is collected (ros2/rclpy#1284); refavs_node's executor counts it and keeps spinning,
-    and any other error still propagates."""
+    """rclpy 7.1.x raises InvalidHandle from spin_once when another thread destroys an entity
+    while the wait set is collected (ros2/rclpy#1284); refavs_node's executor counts it and keeps
+    spinning, and any other error still propagates."""
     from rclpy.exceptions import InvalidHandle
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
-    executor = NodeExecutor(num_threads=2, context=context)
+    executor = NodeExecutor(context=context)
     errors = [InvalidHandle("cannot use Destroyable because destruction was requested"), RuntimeError("other")]
 
     def failing_spin_once(self, timeout_sec=None):
         raise errors.pop(0)
 
-    monkeypatch.setattr(MultiThreadedExecutor, "spin_once", failing_spin_once)
+    monkeypatch.setattr(SingleThreadedExecutor, "spin_once", failing_spin_once)
     executor.spin_once(0.0)
     assert executor.destroy_races == 1
     with pytest.raises(RuntimeError, match="other"):

@@ -11,7 +11,10 @@ public source it was checked against, in ``docs/ros_api_checklist.md``.
 A message never kills the node: callbacks catch everything, and the pipeline returns bad or
 failing messages as rejections, counted by reason in ``/diagnostics`` and logged (throttled).
 
-Threads (NodeExecutor, a MultiThreadedExecutor; see ros/common.py): subscription callbacks run in a reentrant group and only hand
+Threads: ``ros2 run`` spins the node on :class:`~refavs_ros.ros.common.NodeExecutor`, a
+single-threaded executor (rclpy's multi-threaded one starved the model of the GIL; measured in
+its docstring). The callback groups still say what may run together under a multi-threaded
+executor (a component container): subscription callbacks run in a reentrant group and only hand
 messages to :class:`~refavs_ros.node.inputs.InputBuffer`; the inference timer and the
 ``enable`` / ``reset_memory`` services share a mutually exclusive group, so the predictor is only
 touched by one thread at a time; lifecycle and parameter services use the default group. The

@@ -2,7 +2,7 @@
 
 :class:`NodeGraph` starts ``refavs_node`` (the real rclpy lifecycle node,
 :class:`refavs_ros.ros.node.RefAvsNode`) and a peer node in one rclpy context, spun by a
-``MultiThreadedExecutor`` in a thread, as ``test/test_node.py`` does. The peer publishes on the
+``NodeExecutor`` (the node's single-threaded executor) in a thread, as ``test/test_node.py`` does. The peer publishes on the
 node's inputs (``image`` or ``image/compressed``, ``audio``, ``command``, ``/clock``) and
 collects its outputs (``mask``, ``detections``, ``active_command``, ``/diagnostics``) with their
 arrival times. Used by ``test/test_node_stress.py`` (fast checks) and the ``bench/node_*.py``

@@ -1,6 +1,6 @@
 """In-process tests of refavs_node with a real rclpy context.
 
-They publish and subscribe through ROS (a peer node in the same context, a MultiThreadedExecutor
+They publish and subscribe through ROS (a peer node in the same context, the node's NodeExecutor
 spinning in a thread) against a tiny random EEMC saved by the ``tiny_weights`` fixture
 (``test/conftest.py``). rclpy, vision_msgs and mgonzs13's audio_common_msgs come from a sourced
 ROS 2 or from what ``scripts/install.sh`` puts into the venv (ROS 2 Jazzy wheels, interfaces built

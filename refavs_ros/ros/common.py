@@ -16,12 +16,13 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.exceptions import InvalidHandle
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.logging import get_logger
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from refavs_ros.node.params import QosSpec
 
-__all__ = ["NodeExecutor", "diagnostic_array", "run_node", "to_qos_profile"]
+__all__ = ["NodeExecutor", "autostart", "diagnostic_array", "run_node", "to_qos_profile"]
 
 
 class NodeExecutor(SingleThreadedExecutor):
@@ -59,6 +60,22 @@ class NodeExecutor(SingleThreadedExecutor):
             super().spin_once(timeout_sec)
         except InvalidHandle:
             self.destroy_races += 1
+
+
+def autostart(node: Any) -> bool:
+    """Configure, then activate a lifecycle node when its ``autostart`` parameter is true
+    (``rclpy.lifecycle.LifecycleNode.trigger_configure`` / ``trigger_activate``).
+
+    Returns:
+        True when the node ends active (or autostart is off: the node then waits for
+        transitions from a lifecycle manager), False when a transition failed.
+    """
+    if not node.get_parameter("autostart").value:
+        node.get_logger().info("autostart is false: waiting for lifecycle transitions")
+        return True
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        return False
+    return node.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
 
 def to_qos_profile(spec: QosSpec) -> QoSProfile:

@@ -78,6 +78,7 @@ from refavs_ros.node.voice import transcript_json, voice_stage_from_settings
 from refavs_ros.predictor import StreamingPredictor
 from refavs_ros.ros.common import (
     NodeExecutor,
+    autostart,
     diagnostic_array,
     run_node,
     to_qos_profile,
@@ -209,17 +210,12 @@ class RefAvsNode(LifecycleNode):
 
     # ------------------------------------------------------------------------------- lifecycle
     def bring_up(self) -> bool:
-        """Configure and activate when the ``autostart`` parameter is true.
+        """Configure and activate when ``autostart`` is true (:func:`refavs_ros.ros.common.autostart`).
 
         Returns:
             True when the node ends active (or autostart is off), False when a transition failed.
         """
-        if not self.get_parameter("autostart").value:
-            self.get_logger().info("autostart is false: waiting for lifecycle transitions")
-            return True
-        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            return False
-        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        return autostart(self)
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Read parameters, load the model, create publishers and the diagnostics timer."""

@@ -44,7 +44,7 @@ from refavs_ros.node.voice import (
     recognizer_config_from_params,
     transcript_json,
 )
-from refavs_ros.ros.common import diagnostic_array, run_node, to_qos_profile
+from refavs_ros.ros.common import autostart, diagnostic_array, run_node, to_qos_profile
 from refavs_ros.rosio import conversions
 
 NODE_NAME = "voice_command_node"
@@ -123,13 +123,12 @@ class VoiceCommandNode(LifecycleNode):
 
     # ------------------------------------------------------------------------------- lifecycle
     def bring_up(self) -> bool:
-        """Configure and activate when ``autostart`` is true; False when a transition failed."""
-        if not self.get_parameter("autostart").value:
-            self.get_logger().info("autostart is false: waiting for lifecycle transitions")
-            return True
-        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            return False
-        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        """Configure and activate when ``autostart`` is true (:func:`refavs_ros.ros.common.autostart`).
+
+        Returns:
+            True when the node ends active (or autostart is off), False when a transition failed.
+        """
+        return autostart(self)
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Read parameters, load the VAD and the recogniser, create the publishers."""

@@ -22,7 +22,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from refavs_ros.node.params import QosSpec
 
-__all__ = ["NodeExecutor", "autostart", "diagnostic_array", "run_node", "to_qos_profile"]
+__all__ = ["AutostartMixin", "NodeExecutor", "autostart", "diagnostic_array", "run_node", "to_qos_profile"]
 
 
 class NodeExecutor(SingleThreadedExecutor):
@@ -76,6 +76,19 @@ def autostart(node: Any) -> bool:
     if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
         return False
     return node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+
+class AutostartMixin:
+    """Gives a lifecycle node ``bring_up()`` (:func:`autostart`); list it before
+    ``LifecycleNode`` in the bases."""
+
+    def bring_up(self) -> bool:
+        """Configure and activate when ``autostart`` is true.
+
+        Returns:
+            True when the node ends active (or autostart is off), False when a transition failed.
+        """
+        return autostart(self)
 
 
 def to_qos_profile(spec: QosSpec) -> QoSProfile:

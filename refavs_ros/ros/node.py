@@ -77,8 +77,8 @@ from refavs_ros.node.pipeline import (
 from refavs_ros.node.voice import transcript_json, voice_stage_from_settings
 from refavs_ros.predictor import StreamingPredictor
 from refavs_ros.ros.common import (
+    AutostartMixin,
     NodeExecutor,
-    autostart,
     diagnostic_array,
     run_node,
     to_qos_profile,
@@ -118,7 +118,7 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-class RefAvsNode(LifecycleNode):
+class RefAvsNode(AutostartMixin, LifecycleNode):
     """Managed node segmenting the object a spoken/typed command refers to.
 
     Args:
@@ -209,14 +209,6 @@ class RefAvsNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------------------- lifecycle
-    def bring_up(self) -> bool:
-        """Configure and activate when ``autostart`` is true (:func:`refavs_ros.ros.common.autostart`).
-
-        Returns:
-            True when the node ends active (or autostart is off), False when a transition failed.
-        """
-        return autostart(self)
-
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Read parameters, load the model, create publishers and the diagnostics timer."""
         try:

@@ -44,7 +44,12 @@ from refavs_ros.node.voice import (
     recognizer_config_from_params,
     transcript_json,
 )
-from refavs_ros.ros.common import autostart, diagnostic_array, run_node, to_qos_profile
+from refavs_ros.ros.common import (
+    AutostartMixin,
+    diagnostic_array,
+    run_node,
+    to_qos_profile,
+)
 from refavs_ros.rosio import conversions
 
 NODE_NAME = "voice_command_node"
@@ -53,7 +58,7 @@ LOG_THROTTLE_SEC = 5.0
 _SPECS = {spec.name: spec for spec in VOICE_NODE_PARAMETERS}
 
 
-class VoiceCommandNode(LifecycleNode):
+class VoiceCommandNode(AutostartMixin, LifecycleNode):
     """Managed node turning speech on ``audio`` into commands on ``command``.
 
     Args:
@@ -122,14 +127,6 @@ class VoiceCommandNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------------------- lifecycle
-    def bring_up(self) -> bool:
-        """Configure and activate when ``autostart`` is true (:func:`refavs_ros.ros.common.autostart`).
-
-        Returns:
-            True when the node ends active (or autostart is off), False when a transition failed.
-        """
-        return autostart(self)
-
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Read parameters, load the VAD and the recogniser, create the publishers."""
         from refavs_ros.voice import VoiceCommandRecognizer

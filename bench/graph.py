@@ -51,7 +51,7 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from vision_msgs.msg import Detection2DArray  # noqa: E402
 
-from refavs_ros.ros.common import NodeExecutor  # noqa: E402
+from refavs_ros.ros.common import BackgroundSpin  # noqa: E402
 from refavs_ros.ros.node import RefAvsNode  # noqa: E402
 from refavs_ros.rosio import conversions  # noqa: E402
 
@@ -151,7 +151,7 @@ def machine_line() -> str:
 
 
 class NodeGraph:
-    """refavs_node + a peer node in one context, spun by a NodeExecutor (the node's single-threaded executor) in a thread.
+    """refavs_node + a peer node in one context, spun in a thread (:class:`~refavs_ros.ros.common.BackgroundSpin`).
 
     Args:
         context: an initialised rclpy context (:func:`ros_context`).
@@ -187,11 +187,7 @@ class NodeGraph:
         self._received_lock = threading.Lock()
         self._instrument()
         self.peer = rclpy.create_node("stress_peer", namespace=self.ns, context=context)
-        self.executor = NodeExecutor(context=context)
-        self.executor.add_node(self.node)
-        self.executor.add_node(self.peer)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self._spin = BackgroundSpin(context, self.node, self.peer)
         self.image_topic = "image/compressed" if compressed else "image"
         self.image_pub = self.peer.create_publisher(CompressedImage if compressed else Image, self.image_topic,
                                                     qos_profile_sensor_data)
@@ -248,12 +244,8 @@ class NodeGraph:
 
     # -------------------------------------------------------------------------------- setup
     def close(self) -> None:
-        """Stop spinning, then destroy both nodes (the spin thread is joined first: destroying
-        entities it is waiting on would raise in it)."""
-        self.executor.shutdown()
-        self.thread.join(timeout=5)
-        self.node.destroy_node()
-        self.peer.destroy_node()
+        """Stop spinning, then destroy both nodes (:meth:`BackgroundSpin.close`)."""
+        self._spin.close()
 
     def wait_subscribed(self, topic: str, timeout: float = TIMEOUT) -> bool:
         """Wait until refavs_node subscribes to ``topic`` (relative to its namespace)."""

@@ -44,7 +44,7 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from vision_msgs.msg import Detection2DArray  # noqa: E402
 
-from refavs_ros.ros.common import NodeExecutor  # noqa: E402
+from refavs_ros.ros.common import BackgroundSpin, NodeExecutor  # noqa: E402
 from refavs_ros.ros.node import RefAvsNode  # noqa: E402
 from refavs_ros.rosio import conversions  # noqa: E402
 
@@ -71,7 +71,7 @@ class Collector:
 
 
 class Harness:
-    """refavs_node + a peer node in one context, spun by a NodeExecutor (the node's single-threaded executor) in a thread."""
+    """refavs_node + a peer node in one context, spun in a thread (BackgroundSpin)."""
 
     def __init__(self, context: Any, overrides: dict[str, Any]) -> None:
         self.ns = f"/refavs_test_{uuid.uuid4().hex[:8]}"
@@ -80,11 +80,7 @@ class Harness:
             parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
         )
         self.peer = rclpy.create_node("peer", namespace=self.ns, context=context)
-        self.executor = NodeExecutor(context=context)
-        self.executor.add_node(self.node)
-        self.executor.add_node(self.peer)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self._spin = BackgroundSpin(context, self.node, self.peer)
         self.image_pub = self.peer.create_publisher(Image, "image", qos_profile_sensor_data)
         self.audio_pub = self.peer.create_publisher(_audio_msgs.AudioStamped, "audio", qos_profile_sensor_data)
         self.command_pub = self.peer.create_publisher(String, "command", 10)
@@ -95,10 +91,7 @@ class Harness:
         self.peer.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics, 10)
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.thread.join(timeout=5)  # before destroying what the spin thread may be waiting on
-        self.node.destroy_node()
-        self.peer.destroy_node()
+        self._spin.close()
 
     def latched_command(self) -> Collector:
         """Subscribe late to active_command with transient-local QoS."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 from rcl_interfaces.msg import IntegerRange, ParameterDescriptor
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 
@@ -100,7 +99,7 @@ def main(args: list[str] | None = None) -> int:
     Returns:
         0 after a clean shutdown, 1 when the microphone cannot be opened (reason logged).
     """
-    return run_node(AudioCaptureNode, NODE_NAME, SingleThreadedExecutor, args=args)
+    return run_node(AudioCaptureNode, NODE_NAME, args=args)
 
 
 if __name__ == "__main__":

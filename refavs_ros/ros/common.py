@@ -9,24 +9,25 @@ and publish one ``diagnostic_msgs/DiagnosticStatus`` per period (REP 107 ``/diag
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.exceptions import InvalidHandle
-from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.logging import get_logger
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from refavs_ros.node.params import QosSpec
 
-__all__ = ["AutostartMixin", "NodeExecutor", "autostart", "diagnostic_array", "run_node", "to_qos_profile"]
+__all__ = ["AutostartMixin", "BackgroundSpin", "NodeExecutor", "autostart", "diagnostic_array", "run_node", "to_qos_profile"]
 
 
 class NodeExecutor(SingleThreadedExecutor):
-    """The executor that spins ``refavs_node`` (and the tests' graphs): single-threaded.
+    """The executor that spins the package's nodes (and the tests' graphs): single-threaded.
 
     Why not rclpy's ``MultiThreadedExecutor``: measured with the paper-sized model (``base``
     profile, about 0.2 s per inference on 2 cores) and a 30 Hz camera plus 31 Hz audio
@@ -60,6 +61,32 @@ class NodeExecutor(SingleThreadedExecutor):
             super().spin_once(timeout_sec)
         except InvalidHandle:
             self.destroy_races += 1
+
+
+class BackgroundSpin:
+    """Nodes spun by one :class:`NodeExecutor` in a daemon thread (in-process graphs: the tests
+    and ``bench/graph.py``).
+
+    Args:
+        context: the initialised rclpy context of the nodes.
+        *nodes: the nodes to spin (from now until :meth:`close`).
+    """
+
+    def __init__(self, context: Any, *nodes: Any) -> None:
+        self.nodes = nodes
+        self.executor = NodeExecutor(context=context)
+        for node in nodes:
+            self.executor.add_node(node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop spinning, join the thread (up to ``timeout`` s), then destroy the nodes: in this
+        order, since destroying entities the spin thread waits on raises ``InvalidHandle`` in it."""
+        self.executor.shutdown()
+        self.thread.join(timeout=timeout)
+        for node in self.nodes:
+            node.destroy_node()
 
 
 def autostart(node: Any) -> bool:
@@ -130,15 +157,14 @@ def diagnostic_array(node: Any, *, level: int, part: str, message: str, hardware
     return array
 
 
-def run_node(make_node: Callable[[], Any], name: str, make_executor: Callable[[], Executor], *, bring_up: bool = False,
+def run_node(make_node: Callable[[], Any], name: str, *, bring_up: bool = False,
              args: list[str] | None = None) -> int:
-    """Run one node until Ctrl-C or an external shutdown: the body of each executable's ``main``.
+    """Run one node on a :class:`NodeExecutor` until Ctrl-C or an external shutdown: the body of
+    each executable's ``main``.
 
     Args:
         make_node: builds the node (after ``rclpy.init``).
         name: the node's default name, for the fatal log line when it cannot be built.
-        make_executor: builds the executor that spins the node (single- or multi-threaded, as
-            the node needs; built after ``rclpy.init``, in the default context).
         bring_up: call ``node.bring_up()`` (the lifecycle nodes' autostart: configure, then
             activate) before spinning; when it fails the node keeps running unconfigured, so
             that the operator can fix parameters and call the transitions.
@@ -154,7 +180,7 @@ def run_node(make_node: Callable[[], Any], name: str, make_executor: Callable[[]
     node = None
     try:
         node = make_node()
-        executor = make_executor()
+        executor = NodeExecutor()  # after rclpy.init: the default context
         executor.add_node(node)
         if bring_up and not node.bring_up():
             node.get_logger().error("autostart failed: the node stays unconfigured (see the error above); "

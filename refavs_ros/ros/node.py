@@ -78,7 +78,6 @@ from refavs_ros.node.voice import transcript_json, voice_stage_from_settings
 from refavs_ros.predictor import StreamingPredictor
 from refavs_ros.ros.common import (
     AutostartMixin,
-    NodeExecutor,
     diagnostic_array,
     run_node,
     to_qos_profile,
@@ -642,12 +641,12 @@ class RefAvsNode(AutostartMixin, LifecycleNode):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run refavs_ros refavs_node``: configure and activate (autostart),
-    then spin on a 4-thread executor (see :func:`refavs_ros.ros.common.run_node`).
+    then spin (see :func:`refavs_ros.ros.common.run_node`).
 
     Returns:
         process exit code: 0 after a clean shutdown, 1 when the node could not be built.
     """
-    return run_node(RefAvsNode, NODE_NAME, NodeExecutor, bring_up=True, args=args)
+    return run_node(RefAvsNode, NODE_NAME, bring_up=True, args=args)
 
 
 if __name__ == "__main__":

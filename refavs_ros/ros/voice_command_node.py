@@ -31,7 +31,6 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     SetParametersResult,
 )
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
@@ -272,7 +271,7 @@ def main(args: list[str] | None = None) -> int:
     Returns:
         process exit code: 0 after a clean shutdown, 1 when the node could not be built.
     """
-    return run_node(VoiceCommandNode, NODE_NAME, SingleThreadedExecutor, bring_up=True, args=args)
+    return run_node(VoiceCommandNode, NODE_NAME, bring_up=True, args=args)
 
 
 if __name__ == "__main__":

@@ -259,7 +259,6 @@ class MessagePipeline:
             self.predictor.reset_memory(keep_audio=True)
         else:  # the plain call: predictors of tools and tests may not take keep_audio
             self.predictor.reset_memory()
-        if not keep_audio:
             self.audio_end_ns = None
         self.last_image_ns = None
         if self.voice is not None:

@@ -95,7 +95,10 @@ class Prediction:
        2 x 2 bilinear neighbourhood, so this removes exactly them).
     2. ``mask`` = bilinear upsampling of those logits to the source size (``cv2.resize``,
        ``INTER_LINEAR``, pixel centres aligned) thresholded at ``logit(mask_threshold)``, i.e.
-       ``probability > mask_threshold`` without a per-pixel sigmoid.
+       ``probability > mask_threshold`` without a per-pixel sigmoid. It is computed only in the
+       source window that the kept cells' 2 x 2 neighbourhoods reach (elsewhere every blended
+       cell is below the threshold), so a small target at 1920 x 1080 costs a crop, not 2 M
+       pixels (:func:`_window_mask`, equal to the full upsampling up to float rounding).
     3. ``bbox`` from the main region's window of the source grid.
 
     Attributes:
@@ -157,7 +160,7 @@ class Prediction:
         if d is None or d.main_logits is None:
             return self.mask
         h, w = self.mask.shape
-        return _upsample(d.main_logits, w, h) > d.threshold_logit
+        return _window_mask(d.main_logits, d.main_logits > d.threshold_logit, w, h, d.threshold_logit)
 
     @cached_property
     def unfiltered_bbox(self) -> tuple[int, int, int, int] | None:
@@ -584,6 +587,69 @@ def _upsample(logits: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
+def _axis_taps(cells: int, pixels: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear taps of source pixels lo..hi-1 on a grid of ``cells``, as ``cv2.resize`` computes them.
+
+    OpenCV's ``INTER_LINEAR`` (``resize.cpp``, generic path): ``f = float((x + 0.5) * cells /
+    pixels - 0.5)``, ``i0 = floor(f)``, weight ``f - i0`` on cell ``i0 + 1``; taps before the first
+    cell or past the last one are clamped to it with weight 0.
+
+    Returns:
+        i0, i1: intp (hi - lo,) cell indices in [0, cells); w1: float32 (hi - lo,) weight of i1.
+    """
+    f = ((np.arange(lo, hi, dtype=np.float64) + 0.5) * (1.0 / (pixels / cells)) - 0.5).astype(np.float32)
+    i0 = np.floor(f).astype(np.intp)
+    w1 = f - i0.astype(np.float32)
+    outside = (i0 < 0) | (i0 >= cells - 1)
+    w1[outside] = 0.0
+    i0 = np.clip(i0, 0, cells - 1)
+    return i0, np.minimum(i0 + 1, cells - 1), w1
+
+
+def _upsample_window(logits: np.ndarray, width: int, height: int, xa: int, xb: int, ya: int, yb: int) -> np.ndarray:
+    """Rows ya..yb-1, columns xa..xb-1 of ``_upsample(logits, width, height)``, computed alone.
+
+    Separable like OpenCV (horizontal pass on the cell rows involved, then vertical), in float32
+    with OpenCV's taps (:func:`_axis_taps`), so it matches ``cv2.resize`` up to float rounding
+    (fused multiply-adds) at a cost proportional to the window, not to the source image.
+
+    Args:
+        logits: float32 (h, w) network grid.
+        width, height: source size in pixels; xa < xb <= width, ya < yb <= height.
+
+    Returns:
+        float32 (yb - ya, xb - xa).
+    """
+    h, w = logits.shape
+    cx0, cx1, wx = _axis_taps(w, width, xa, xb)
+    cy0, cy1, wy = _axis_taps(h, height, ya, yb)
+    r0 = int(cy0[0])
+    rows = logits[r0 : int(cy1[-1]) + 1]
+    horizontal = rows[:, cx0] * (np.float32(1.0) - wx) + rows[:, cx1] * wx  # (rows, xb - xa)
+    return horizontal[cy0 - r0] * (np.float32(1.0) - wy)[:, None] + horizontal[cy1 - r0] * wy[:, None]
+
+
+def _window_mask(logits: np.ndarray, cells: np.ndarray, width: int, height: int, t: float) -> np.ndarray:
+    """bool (height, width): ``_upsample(logits) > t``, computed only where it can be True.
+
+    ``cells``: bool (h, w), every cell whose logit exceeds ``t``. A source pixel blends the 2 x 2
+    cells around it, so it can exceed ``t`` only inside :func:`_source_span` of those cells' box;
+    the rest of the image stays False without being computed. A window of more than half the
+    image is upsampled whole by ``cv2.resize`` (its fixed per-call cost is lower than numpy's).
+    """
+    mask = np.zeros((height, width), bool)
+    ys, xs = np.nonzero(cells.any(axis=1))[0], np.nonzero(cells.any(axis=0))[0]
+    if ys.size == 0:
+        return mask
+    xa, xb = _source_span(int(xs[0]), int(xs[-1]), logits.shape[1], width)
+    ya, yb = _source_span(int(ys[0]), int(ys[-1]), logits.shape[0], height)
+    if 2 * (xb - xa) * (yb - ya) > width * height:
+        return _upsample(logits, width, height) > t
+    if xa < xb and ya < yb:
+        mask[ya:yb, xa:xb] = _upsample_window(logits, width, height, xa, xb, ya, yb) > t
+    return mask
+
+
 def _source_span(lo: int, hi: int, cells: int, pixels: int) -> tuple[int, int]:
     """Source pixel range [a, b) whose bilinear samples can involve network cells lo..hi (inclusive).
 
@@ -626,7 +692,7 @@ def decode_mask(logits: np.ndarray, score: float, size: tuple[int, int], config:
     if region.dropped:
         kept = raw.copy()
         kept[above & ~region.kept] = floor
-    mask = _upsample(kept, width, height) > t
+    mask = _window_mask(kept, region.kept, width, height, t)
     main = kept
     others = len(region.kept_labels) > 1
     if others:
@@ -635,7 +701,7 @@ def decode_mask(logits: np.ndarray, score: float, size: tuple[int, int], config:
     x0n, y0n, x1n, y1n = region.bbox  # type: ignore[misc]
     xa, xb = _source_span(x0n, x1n, raw.shape[1], width)
     ya, yb = _source_span(y0n, y1n, raw.shape[0], height)
-    window = mask[ya:yb, xa:xb] if not others else (_upsample(main, width, height) > t)[ya:yb, xa:xb]
+    window = mask[ya:yb, xa:xb] if not others else _upsample_window(main, width, height, xa, xb, ya, yb) > t
     box = mask_bbox(window)
     if box is None:  # the main region's cells barely exceed the threshold: no source pixel does
         box = mask_bbox(mask)

@@ -112,3 +112,42 @@ def test_preprocess_large_images_close_to_single_area_resize():
         preprocess_image(small, 128).transpose(1, 2, 0),
         cv2.resize(small, (128, 128), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0,
     )
+
+
+@pytest.mark.parametrize("size", [(1080, 1920), (720, 1280), (481, 643), (32, 32)])
+def test_small_target_mask_computed_in_its_window_equals_full_upsampling(size):
+    """A target covering a few cells is upsampled only in its window: same mask, box and region."""
+    rng = np.random.default_rng(size[0])
+    for trial in range(5):
+        logits = np.full((32, 32), -6.0, np.float32)
+        y, x = rng.integers(0, 28, 2)
+        logits[y : y + 4, x : x + 3] = rng.uniform(-1.0, 5.0, (4, 3)).astype(np.float32)
+        if trial % 2:  # a second, large-enough component far away: the region mask differs from the mask
+            logits[(y + 14) % 28 : (y + 14) % 28 + 3, (x + 14) % 28 : (x + 14) % 28 + 3] = 0.5
+        d = decode_mask(logits, 0.9, size, PredictorConfig(min_region_fraction=0.0))
+        full = cv2.resize(d.kept_logits, size[::-1], interpolation=cv2.INTER_LINEAR) > d.threshold_logit
+        assert np.count_nonzero(d.mask != full) <= 2
+        if not d.found:
+            assert not full.any()
+            continue
+        p = _prediction(d, size)
+        main = d.main_logits if d.main_logits is not None else d.kept_logits
+        region = cv2.resize(main, size[::-1], interpolation=cv2.INTER_LINEAR) > d.threshold_logit
+        assert np.count_nonzero(p.region_mask != region) <= 2
+        assert p.bbox == mask_bbox(p.region_mask)
+
+
+def test_window_upsampling_matches_cv2_on_random_windows():
+    from refavs_ros.predictor import _upsample_window
+
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        h, w = (int(v) for v in rng.integers(2, 40, 2))
+        H, W = (int(v) for v in rng.integers(1, 1200, 2))
+        logits = rng.normal(0, 5, (h, w)).astype(np.float32)
+        ref = cv2.resize(logits, (W, H), interpolation=cv2.INTER_LINEAR)
+        xa = int(rng.integers(0, W)); xb = int(rng.integers(xa + 1, W + 1))
+        ya = int(rng.integers(0, H)); yb = int(rng.integers(ya + 1, H + 1))
+        out = _upsample_window(logits, W, H, xa, xb, ya, yb)
+        assert out.shape == (yb - ya, xb - xa) and out.dtype == np.float32
+        np.testing.assert_allclose(out, ref[ya:yb, xa:xb], atol=1e-4)

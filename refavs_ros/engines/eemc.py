@@ -25,12 +25,19 @@ from refavs_ros.models.config import EEMCConfig
 from refavs_ros.models.text import TextEncoder
 
 
-def _box_factor(n: int, size: int) -> int:
-    """Largest k >= 1 that divides ``n`` with ``n / k >= 2 * size`` (1 when none)."""
-    for k in range(n // (2 * size), 1, -1):
-        if n % k == 0:
-            return k
-    return 1
+def _halve_to(image: np.ndarray, size: int) -> np.ndarray:
+    """Halve ``image`` (uint8 (H, W, C)) by 2 x 2 box averaging while both sides stay >= 2 ``size``.
+
+    An odd last row or column is dropped before a halving (a view, no copy). OpenCV's
+    ``INTER_AREA`` has a SIMD path for exactly 2 x 2 (``resizeAreaFast_``), so two halvings of a
+    1920 x 1080 frame (to 480 x 270) cost about 1 ms on one core, against 1.7 ms for one integer
+    6 x 4 box (its scalar path) and 4.4 ms for a single area resize to 128.
+    """
+    h, w = image.shape[:2]
+    while h // 2 >= 2 * size and w // 2 >= 2 * size:
+        h, w = h // 2, w // 2
+        image = cv2.resize(image[: 2 * h, : 2 * w], (w, h), interpolation=cv2.INTER_AREA)
+    return image
 
 
 def preprocess_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -42,12 +49,12 @@ def preprocess_image(image: np.ndarray, size: int) -> np.ndarray:
 
     Returns:
         float32 (3, S, S) in [0, 1]. Downscaling uses area interpolation, upscaling bilinear.
-        When both sides are at least 4 S (e.g. 1280 x 720 or 1920 x 1080 to 128), the image is
-        first box-averaged by integer factors k that divide each side while keeping it >= 2 S
-        (OpenCV's fast integer ``INTER_AREA`` path), then area-resized to S: 1920 x 1080 -> 128
-        takes about 1.2-1.6 ms instead of 4.3 ms (one core), and differs from one area resize
-        by at most 3 grey levels (mean 0.4; measured on a blurred random image). Smaller images
-        (the 320 x 240 training scenes, 640 x 480) take the single area resize, unchanged.
+        While both sides stay >= 2 S after halving (e.g. 1280 x 720 or 1920 x 1080 to 128), the
+        image is first halved by 2 x 2 box averages (OpenCV's SIMD ``INTER_AREA`` path), then
+        area-resized to S: 1920 x 1080 -> 128 takes about 1.0 ms instead of 4.4 ms (one core),
+        and differs from one area resize by at most 4 grey levels (mean 0.6; measured on a
+        blurred random image, ``test_decode_mask.py``). Smaller images (the 320 x 240 training
+        scenes, 640 x 480) take the single area resize, unchanged.
 
     Raises:
         InputError: wrong dtype, rank, channel count or an empty image.
@@ -59,10 +66,7 @@ def preprocess_image(image: np.ndarray, size: int) -> np.ndarray:
     h, w = image.shape[:2]
     if h == 0 or w == 0:
         raise InputError(f"image is empty ({h}x{w})")
-    if h >= 4 * size and w >= 4 * size:
-        kx, ky = _box_factor(w, size), _box_factor(h, size)
-        if kx > 1 or ky > 1:
-            image = cv2.resize(image, (w // kx, h // ky), interpolation=cv2.INTER_AREA)
+    image = _halve_to(image, size)
     interp = cv2.INTER_AREA if (h >= size and w >= size) else cv2.INTER_LINEAR
     resized = cv2.resize(image, (size, size), interpolation=interp)
     return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)

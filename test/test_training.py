@@ -120,3 +120,31 @@ def test_train_cli_writes_loadable_weights_and_resumes(tmp_path, capsys):
     assert load_eemc(out)[1]["steps"] == "4"
     assert main(["--out", str(out), "--data", "nope", *args]) == 2
     assert main(["--out", str(out), "--kind-weights", "temporal:2", *args]) == 2
+
+
+def test_train_cli_init_keeps_or_extends_the_decoder(tmp_path, capsys):
+    """--init keeps its weights' decoder flags (with a note); --extended-decoder turns the
+    parameter-free ones on and the init weights still load unchanged."""
+    from refavs_ros.models.checkpoint import save_eemc
+    from refavs_ros.models.config import EEMCConfig
+    from refavs_ros.tools.train import main
+
+    init = tmp_path / "paper.safetensors"
+    paper = training.build_model(EEMCConfig.profile_named("tiny"), 0)
+    assert not paper.cfg.decode_position and not paper.cfg.memory_token
+    save_eemc(paper, init, {"note": "test"})
+    args = ["--train-count", "4", "--val-count", "0", "--batch-size", "2", "--width", "96", "--height", "72",
+            "--duration", "4", "--quiet", "--threads", "1", "--steps", "1", "--lr", "1e-9",
+            "--data-cache", str(tmp_path / "cache"), "--init", str(init)]
+    kept = tmp_path / "kept.safetensors"
+    assert main(["--out", str(kept), *args]) == 0
+    assert "--init keeps them" in capsys.readouterr().out
+    model, _ = load_eemc(kept)
+    assert not model.cfg.decode_position and not model.cfg.memory_token
+    extended = tmp_path / "extended.safetensors"
+    assert main(["--out", str(extended), "--extended-decoder", *args]) == 0
+    model, _ = load_eemc(extended)
+    assert model.cfg.decode_position and model.cfg.memory_token
+    start = paper.state_dict()
+    assert set(model.state_dict()) == set(start)
+    assert main(["--out", str(extended), "--extended-decoder", "--paper-decoder", *args]) == 2

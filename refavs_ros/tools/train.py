@@ -19,6 +19,7 @@ A run writes resumable checkpoints into ``--checkpoint-dir`` and continues from 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -100,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-memory-aux", action="store_true", help="no heard-history loss on the audio cached memory")
     p.add_argument("--paper-decoder", action="store_true",
                    help="no decode-stage position encoding and no audio memory token (the earlier model)")
+    p.add_argument("--extended-decoder", action="store_true",
+                   help="turn the decode-stage position encoding and the audio memory token on over --init "
+                        "weights that lack them (both add no parameters, so the weights load unchanged); "
+                        "without it --init keeps the architecture of its weights")
     p.add_argument("--data-cache", type=Path, default=None,
                    help="directory to save the preprocessed clips to, or reuse them from when present")
     p.add_argument("--log-json", type=Path, default=None, help="append the loss log (JSON lines) here (rank 0)")
@@ -210,9 +215,16 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         extra = {} if args.paper_decoder else {"decode_position": True, "memory_token": True}
         cfg = EEMCConfig.profile_named(args.profile, **extra)
         init_model = None
+        if args.paper_decoder and args.extended_decoder:
+            raise ConfigError("--paper-decoder and --extended-decoder exclude each other")
         if args.init is not None:
             init_model, _ = load_eemc(args.init)
             cfg = init_model.cfg
+            if args.extended_decoder:
+                cfg = dataclasses.replace(cfg, decode_position=True, memory_token=True)
+            elif not args.paper_decoder and not (cfg.decode_position and cfg.memory_token) and ctx.main:
+                print(f"note: {args.init} has decode_position={cfg.decode_position}, memory_token={cfg.memory_token}; "
+                      "--init keeps them (--extended-decoder turns both on)")
         scene_kw = dict(width=args.width, height=args.height, fps=args.fps, duration_sec=args.duration,
                         noise_prob=args.noise_prob, snr_range_db=tuple(args.snr_range),
                         occlusion_prob=args.occlusion_prob)

@@ -638,11 +638,11 @@ def _window_mask(logits: np.ndarray, cells: np.ndarray, width: int, height: int,
     image is upsampled whole by ``cv2.resize`` (its fixed per-call cost is lower than numpy's).
     """
     mask = np.zeros((height, width), bool)
-    ys, xs = np.nonzero(cells.any(axis=1))[0], np.nonzero(cells.any(axis=0))[0]
-    if ys.size == 0:
+    box = mask_bbox(cells)
+    if box is None:
         return mask
-    xa, xb = _source_span(int(xs[0]), int(xs[-1]), logits.shape[1], width)
-    ya, yb = _source_span(int(ys[0]), int(ys[-1]), logits.shape[0], height)
+    xa, xb = _source_span(box[0], box[2], logits.shape[1], width)
+    ya, yb = _source_span(box[1], box[3], logits.shape[0], height)
     if 2 * (xb - xa) * (yb - ya) > width * height:
         return _upsample(logits, width, height) > t
     if xa < xb and ya < yb:

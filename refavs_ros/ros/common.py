@@ -23,7 +23,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from refavs_ros.node.params import QosSpec
 
-__all__ = ["AutostartMixin", "BackgroundSpin", "NodeExecutor", "autostart", "diagnostic_array", "run_node", "to_qos_profile"]
+__all__ = ["AutostartMixin", "BackgroundSpin", "NodeExecutor", "diagnostic_array", "run_node", "to_qos_profile"]
 
 
 class NodeExecutor(SingleThreadedExecutor):
@@ -89,33 +89,23 @@ class BackgroundSpin:
             node.destroy_node()
 
 
-def autostart(node: Any) -> bool:
-    """Configure, then activate a lifecycle node when its ``autostart`` parameter is true
-    (``rclpy.lifecycle.LifecycleNode.trigger_configure`` / ``trigger_activate``).
-
-    Returns:
-        True when the node ends active (or autostart is off: the node then waits for
-        transitions from a lifecycle manager), False when a transition failed.
-    """
-    if not node.get_parameter("autostart").value:
-        node.get_logger().info("autostart is false: waiting for lifecycle transitions")
-        return True
-    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-        return False
-    return node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-
-
 class AutostartMixin:
-    """Gives a lifecycle node ``bring_up()`` (:func:`autostart`); list it before
-    ``LifecycleNode`` in the bases."""
+    """Gives a lifecycle node ``bring_up()``; list it before ``LifecycleNode`` in the bases."""
 
     def bring_up(self) -> bool:
-        """Configure and activate when ``autostart`` is true.
+        """Configure, then activate when the ``autostart`` parameter is true
+        (``rclpy.lifecycle.LifecycleNode.trigger_configure`` / ``trigger_activate``).
 
         Returns:
-            True when the node ends active (or autostart is off), False when a transition failed.
+            True when the node ends active (or autostart is off: the node then waits for
+            transitions from a lifecycle manager), False when a transition failed.
         """
-        return autostart(self)
+        if not self.get_parameter("autostart").value:
+            self.get_logger().info("autostart is false: waiting for lifecycle transitions")
+            return True
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
 
 def to_qos_profile(spec: QosSpec) -> QoSProfile:

@@ -212,8 +212,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         from refavs_ros.models.text import TextEncoder
         from refavs_ros.scenes import CATEGORIES
 
-        extra = {} if args.paper_decoder else {"decode_position": True, "memory_token": True}
-        cfg = EEMCConfig.profile_named(args.profile, **extra)
+        extended = {"decode_position": True, "memory_token": True}  # parameter-free decoder additions
+        cfg = EEMCConfig.profile_named(args.profile, **({} if args.paper_decoder else extended))
         init_model = None
         if args.paper_decoder and args.extended_decoder:
             raise ConfigError("--paper-decoder and --extended-decoder exclude each other")
@@ -221,7 +221,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             init_model, _ = load_eemc(args.init)
             cfg = init_model.cfg
             if args.extended_decoder:
-                cfg = dataclasses.replace(cfg, decode_position=True, memory_token=True)
+                cfg = dataclasses.replace(cfg, **extended)
             elif not args.paper_decoder and not (cfg.decode_position and cfg.memory_token) and ctx.main:
                 print(f"note: {args.init} has decode_position={cfg.decode_position}, memory_token={cfg.memory_token}; "
                       "--init keeps them (--extended-decoder turns both on)")

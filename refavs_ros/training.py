@@ -330,6 +330,29 @@ def encode_expressions(encoder: TextEncoder, expressions: Iterable[str], batch: 
     return out
 
 
+def memory_every(fps: float, frame_stride_sec: float = 1.0) -> int:
+    """Steps between two cached-memory entries for a clip at ``fps`` Hz.
+
+    The streaming predictor commits a frame when at least ``frame_stride_sec`` passed since the
+    last entry (``StreamingPredictor.step``); with frames every 1/fps s that is every
+    ``ceil(fps * frame_stride_sec)`` steps (1 for fps <= 1 Hz with the 1-s stride).
+
+    Raises:
+        ConfigError: fps <= 0 or frame_stride_sec < 0.
+    """
+    if not fps > 0 or frame_stride_sec < 0:
+        raise ConfigError(f"fps must be > 0 and frame_stride_sec >= 0, got {fps} and {frame_stride_sec}")
+    return max(1, math.ceil(fps * frame_stride_sec - 1e-9))
+
+
+def memory_entries(num_steps: int, every: int, first: int = 0) -> np.ndarray:
+    """Which of ``num_steps`` steps enter the cached memory: bool (num_steps,), True at
+    ``first, first + every, ...`` (the streaming rule of :func:`memory_every` when the stream's
+    first entry is step ``first``)."""
+    steps = np.arange(num_steps)
+    return (steps >= first) & ((steps - first) % max(1, int(every)) == 0)
+
+
 class ClipDataset(Dataset):
     """:class:`ClipSet` clips as training samples (a torch ``Dataset`` for ``DistributedSampler``).
 
@@ -338,18 +361,32 @@ class ClipDataset(Dataset):
     layout, new every epoch (:meth:`set_epoch`). The audio of every step is always given, so the
     audio cached memory spans the whole clip as in streaming.
 
+    With ``memory_every`` > 1 (clips faster than one memory entry per second, see
+    :func:`memory_every`), only every ``memory_every``-th step enters the cached memory, as in
+    the streaming predictor, starting at a step drawn per sample and epoch from
+    ``0..memory_every-1``: a camera's frames fall anywhere relative to the sounds, so the
+    entries' audio examples are sometimes aligned with a sound's start and sometimes straddle
+    two (item ``memory_entries`` bool (T,)).
+
     Item: dict of tensors ``images`` uint8 (T', S, S, 3), ``frame_index`` int64 (T'), ``mels``
     float32 (T, 96, 64), ``masks`` float32 (T', S/2, S/2), ``present`` float32 (), ``hidden``
     float32 (L, D), ``tmask`` float32 (L,), and when the set has them ``categories`` int64
     (T', S/4, S/4) and ``heard`` float32 (T, C).
+
+    Raises:
+        InputError: expressions without text features. ConfigError: ``memory_every`` < 1.
     """
 
-    def __init__(self, clips: ClipSet, text: dict, frames: int | None = None, seed: int = 0) -> None:
+    def __init__(self, clips: ClipSet, text: dict, frames: int | None = None, seed: int = 0,
+                 memory_every: int = 1) -> None:
         missing = sorted({e for e in clips.expressions if e not in text})
         if missing:
             raise InputError(f"no text features for {len(missing)} expressions, e.g. {missing[:3]}")
         self.clips, self.text, self.seed, self.epoch = clips, text, int(seed), 0
         self.frames = None if frames is None or frames >= clips.num_frames else int(frames)
+        if int(memory_every) < 1:
+            raise ConfigError(f"memory_every must be >= 1, got {memory_every}")
+        self.memory_every = int(memory_every)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw new frame subsets (call with the sampler's epoch)."""
@@ -366,6 +403,14 @@ class ClipDataset(Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, int(i)))
         return np.sort(rng.choice(t, size=self.frames, replace=False))
 
+    def memory_steps(self, i: int) -> np.ndarray:
+        """Memory entries of sample ``i`` this epoch: bool (T,) (all True with ``memory_every`` 1)."""
+        t = self.clips.num_frames
+        if self.memory_every == 1:
+            return np.ones(t, bool)
+        first = int(np.random.default_rng((self.seed, self.epoch, int(i), 1)).integers(self.memory_every))
+        return memory_entries(t, self.memory_every, first)
+
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         c, v = self.clips, self.clips.row(i)
         sel = self.frame_subset(i)
@@ -379,6 +424,8 @@ class ClipDataset(Dataset):
             "hidden": torch.from_numpy(np.asarray(hidden, np.float32)),
             "tmask": torch.from_numpy(np.asarray(tmask, np.float32)),
         }
+        if self.memory_every > 1:
+            item["memory_entries"] = torch.from_numpy(self.memory_steps(i))
         if c.categories is not None:
             item["categories"] = torch.from_numpy(np.asarray(c.categories[v][sel], np.int64))
         if c.heard is not None:
@@ -449,8 +496,10 @@ class EEMCObjective(nn.Module):
             "memory"}).
         """
         images = batch["images"].permute(0, 1, 4, 2, 3).float().div(255.0)  # (B, T', 3, S, S)
+        entries = batch.get("memory_entries")  # (B, T) bool, or None: every step is an entry
         logits, presence, extra = self.model(images, batch["mels"], batch["hidden"], batch["tmask"],
-                                             return_aux=True, frame_index=batch["frame_index"])
+                                             return_aux=True, frame_index=batch["frame_index"],
+                                             memory_entries=entries)
         b, t = logits.shape[:2]
         logits, presence = logits.float(), presence.float()
         up = F.interpolate(logits.flatten(0, 1)[:, None], scale_factor=2.0, mode="bilinear", align_corners=False)[:, 0]
@@ -473,12 +522,16 @@ class EEMCObjective(nn.Module):
         memory = zero
         if self.memory_head is not None:
             heard = batch["heard"].float()  # (B, T, C)
-            history = causal_memory(heard[:, :, None], None)[:, :, 0]  # fraction of earlier steps
+            history = causal_memory(heard[:, :, None], None, entries)[:, :, 0]  # fraction of earlier entries
             fi = batch["frame_index"]
             rows = torch.arange(b, device=fi.device)[:, None]
             want = history[rows, fi]  # (B, T', C)
             pred = self.memory_head(extra["memory_audio"][:, :, 0].float())  # (B, T', C)
-            has_past = (fi > 0).float()  # C_A is 0 (no information) at the first step
+            if entries is None:
+                has_past = (fi > 0).float()  # C_A is 0 (no information) at the first step
+            else:  # ... and before the first entry
+                earlier = entries.long().cumsum(1) - entries.long()  # (B, T) entries strictly before each step
+                has_past = (earlier.gather(1, fi) > 0).float()
             per = F.binary_cross_entropy_with_logits(pred, want, reduction="none").mean(2)
             memory = (per * has_past).sum(1) / has_past.sum(1).clamp(min=1.0)
         w_bce, w_dice = self.mask_weights
@@ -511,12 +564,15 @@ def make_aux_head(cfg: EEMCConfig) -> nn.Module:
 
 @torch.no_grad()
 def evaluate_clips(
-    model: EEMC, clips: ClipSet, text: dict, batch_size: int = 16, beta: float | None = None, zero_audio: bool = False
+    model: EEMC, clips: ClipSet, text: dict, batch_size: int = 16, beta: float | None = None, zero_audio: bool = False,
+    memory_every: int = 1,
 ) -> dict[str, dict[str, float]]:
     """Quick per-frame J / S by expression kind at the loss resolution (validation during training).
 
     Per frame, with :mod:`refavs_ros.eval.metrics`: J of ``sigmoid(logits)`` gated by presence
-    > 0.5 (empty GT: TN / all); S of null clips. Returns {kind: {"J": ..., "S": ..., "n": clips}}.
+    > 0.5 (empty GT: TN / all); S of null clips. ``memory_every``: steps between cached-memory
+    entries, the first step being one (the streaming predictor's rule, :func:`memory_every`).
+    Returns {kind: {"J": ..., "S": ..., "n": clips}}.
     """
     from refavs_ros.eval import metrics
 
@@ -532,7 +588,9 @@ def evaluate_clips(
         if zero_audio:
             batch["mels"][:] = torch.from_numpy(silence).to(device)
         images = batch["images"].permute(0, 1, 4, 2, 3).float().div(255.0)
-        logits, presence = model(images, batch["mels"], batch["hidden"], batch["tmask"], beta=beta)
+        entries = torch.from_numpy(memory_entries(clips.num_frames, memory_every)) if memory_every > 1 else None
+        logits, presence = model(images, batch["mels"], batch["hidden"], batch["tmask"], beta=beta,
+                                 memory_entries=entries)
         up = F.interpolate(logits.float().flatten(0, 1)[:, None], scale_factor=2.0, mode="bilinear", align_corners=False)
         gate = (presence.float().flatten().sigmoid() > 0.5).float()[:, None, None]
         prob = (up[:, 0].sigmoid() * gate).cpu().numpy()  # (BT, S/2, S/2)

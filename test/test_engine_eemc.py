@@ -148,6 +148,57 @@ def test_causal_memory_matches_definition():
             torch.testing.assert_close(c[:, t], x[:, lo:t].mean(dim=1), atol=1e-6, rtol=0)
 
 
+def test_causal_memory_with_entries_averages_only_the_entries_before_each_step():
+    x = torch.randn(2, 9, 3, 4)
+    entries = torch.tensor([[1, 0, 1, 0, 1, 0, 1, 0, 1], [0, 1, 0, 0, 1, 1, 0, 1, 0]], dtype=torch.bool)
+    for window in (None, 1, 2):
+        c = causal_memory(x, window, entries)
+        for b in range(2):
+            for t in range(9):
+                kept = [j for j in range(t) if entries[b, j]]
+                kept = kept if window is None else kept[-window:]
+                want = x[b, kept].mean(dim=0) if kept else torch.zeros(3, 4)
+                torch.testing.assert_close(c[b, t], want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(causal_memory(x, 3, torch.ones(9, dtype=torch.bool)), causal_memory(x, 3))
+    with pytest.raises(ValueError, match="entries"):
+        causal_memory(x, None, torch.ones(8, dtype=torch.bool))
+
+
+def test_predictor_at_2_fps_equals_batch_with_one_memory_entry_per_second(model, text, tiny_weights, clip):
+    """The training path for clips above 1 Hz (``memory_entries``) is the predictor's 1-s commit rule."""
+    from refavs_ros import training
+
+    frames, wave, audio_start, _ = clip
+    stamps = [T0 + i * SEC // 2 for i in range(T)]  # 2 fps: entries at frames 0, 2, 4
+    pred = _predictor(tiny_weights, frame_stride_sec=1.0, num_frames=1000, score_threshold=0.0)
+    pred.set_command("the first object to make a sound")
+    pred.push_audio(audio_start, wave, 16000)
+    probs = []
+    for stamp, frame in zip(stamps, frames):
+        pred.push_image(stamp, frame)
+        probs.append(pred.step().probability)
+    entries = training.memory_entries(T, training.memory_every(2.0))
+    assert entries.tolist() == [True, False, True, False, True, False]
+    hidden, mask = text.encode(["the first object to make a sound"])
+    px = torch.from_numpy(np.stack([preprocess_image(f, model.cfg.image_size) for f in frames]))[None]
+    mels = torch.from_numpy(_mels(wave, audio_start, stamps))[None]
+    with torch.no_grad():
+        logits, _ = model(px, mels, torch.from_numpy(hidden), torch.from_numpy(mask),
+                          memory_entries=torch.from_numpy(entries))
+        every, _ = model(px, mels, torch.from_numpy(hidden), torch.from_numpy(mask))
+    import cv2
+
+    checked = 0
+    for p, l in zip(probs, logits[0].numpy()):
+        if p.any():
+            ref = 1 / (1 + np.exp(-cv2.resize(l, (W, H), interpolation=cv2.INTER_LINEAR)))
+            np.testing.assert_allclose(p, ref, atol=1e-5)
+            checked += 1
+    assert checked >= 3
+    # committing every frame would be another memory from frame 2 on
+    assert np.abs(every[0, 2:].numpy() - logits[0, 2:].numpy()).max() > 1e-4
+
+
 def test_command_change_rebuilds_memory_from_cached_features(model, text, clip):
     frames, wave, audio_start, stamps = clip
     mels = _mels(wave, audio_start, stamps)

@@ -8,6 +8,7 @@ import torch
 
 from refavs_ros import audio, training
 from refavs_ros.engines.eemc import preprocess_image
+from refavs_ros.errors import ConfigError
 from refavs_ros.models.checkpoint import load_eemc
 from refavs_ros.models.text import TextEncoder
 from refavs_ros.scenes import CATEGORIES, SceneConfig, generate_scene
@@ -61,6 +62,45 @@ def test_training_reduces_the_loss_and_clipset_round_trips(tiny_cfg, tmp_path):
     assert float(after) < float(before)
     result = training.evaluate_clips(objective.model, clips, text)
     assert set(result) == set(clips.kinds) and all(0.0 <= r["J"] <= 1.0 for r in result.values())
+
+
+def test_memory_entries_follow_the_streaming_commit_rule(tiny_cfg):
+    assert [training.memory_every(f) for f in (0.5, 1.0, 2.0, 2.5, 30.0)] == [1, 1, 2, 3, 30]
+    for fps in (1.0, 2.0, 2.5, 3.0):  # the predictor's rule: commit when >= 1 s since the last entry
+        every, last, want = training.memory_every(fps), None, []
+        for i in range(12):
+            t = round(i / fps * 1e9)
+            want.append(last is None or t - last >= 1_000_000_000)
+            last = t if want[-1] else last
+        assert training.memory_entries(12, every).tolist() == want
+    with pytest.raises(ConfigError, match="fps"):
+        training.memory_every(0.0)
+    # 2-fps clips: each sample's first entry is drawn per epoch, so both phases are trained
+    kw = dict(SCENE_KW, fps=2.0)
+    clips = training.build_clips("train", 4, 0, tiny_cfg.image_size, kw, workers=1, progress=False)
+    assert clips.num_frames == 8
+    enc = TextEncoder.from_pretrained(tiny_cfg.text_model, tiny_cfg.max_text_tokens)
+    text = training.encode_expressions(enc, clips.expressions)
+    ds = training.ClipDataset(clips, text, frames=3, seed=0, memory_every=2)
+    firsts = set()
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            e = ds[i]["memory_entries"].numpy()
+            first = int(np.argmax(e))
+            assert first in (0, 1) and e.tolist() == training.memory_entries(8, 2, first).tolist()
+            firsts.add(first)
+    assert firsts == {0, 1}
+    assert "memory_entries" not in training.ClipDataset(clips, text, frames=3)[0]
+    objective = training.EEMCObjective(training.build_model(tiny_cfg, 0), len(CATEGORIES), memory_aux=True)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    loss, parts = objective(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and float(parts["memory"]) > 0
+    with pytest.raises(ConfigError, match="memory_every"):
+        training.ClipDataset(clips, text, memory_every=0)
+    result = training.evaluate_clips(objective.model, clips, text, memory_every=2)
+    assert set(result) == set(clips.kinds)
 
 
 def test_heard_categories_follow_the_sounding_slots():

@@ -428,6 +428,7 @@ class EEMC(nn.Module):
         window: int | None = None,
         return_aux: bool = False,
         frame_index: Tensor | None = None,
+        memory_entries: Tensor | None = None,
     ) -> tuple[Tensor, ...]:
         """Clip forward: every frame of a clip, each frame seeing only itself and earlier ones.
 
@@ -448,12 +449,18 @@ class EEMC(nn.Module):
                 audio steps (training on a subset of frames): the audio branch and its cached
                 memory then run over all T steps exactly as in streaming, the visual memory over
                 the T' given frames only.
+            memory_entries: None (every step enters the cached memory) or bool (T,) / (B, T):
+                the audio steps that are memory entries, as the streaming predictor commits one
+                frame per ``frame_stride_sec`` (clips above 1 frame per second); every step reads
+                the entries before it (:func:`causal_memory`). The visual memory takes the
+                entries among the given frames.
 
         Returns:
             mask logits (B, T', S/4, S/4) and presence logits (B, T') [, aux dict].
 
         Raises:
-            ValueError: frame/audio step counts disagree without ``frame_index``.
+            ValueError: frame/audio step counts disagree without ``frame_index``, or a
+                ``frame_index`` / ``memory_entries`` of the wrong shape.
         """
         b, tv = pixel_values.shape[:2]
         ta = log_mel.shape[1]
@@ -481,8 +488,15 @@ class EEMC(nn.Module):
         text_v, tm_v = pick(text), pick(tm)
         fv, ftv = self.fuse_visual_text(tokens, text_v, tm_v)
         tcue = (text_v + pick(fta) + ftv) / 3.0
-        mem_a = pick(causal_memory(fa.unflatten(0, (b, ta)), window).flatten(0, 1))
-        mem_v = causal_memory(fv.unflatten(0, (b, tv)), window).flatten(0, 1)
+        entries_v = None
+        if memory_entries is not None:
+            memory_entries = memory_entries.to(device=log_mel.device, dtype=torch.bool)
+            if memory_entries.shape not in ((ta,), (b, ta)):
+                raise ValueError(f"memory_entries must be ({ta},) or ({b}, {ta}), got {tuple(memory_entries.shape)}")
+            memory_entries = memory_entries.expand(b, ta)
+            entries_v = memory_entries if sel is None else memory_entries[rows, sel]  # (B, T')
+        mem_a = pick(causal_memory(fa.unflatten(0, (b, ta)), window, memory_entries).flatten(0, 1))
+        mem_v = causal_memory(fv.unflatten(0, (b, tv)), window, entries_v).flatten(0, 1)
         fa_v = pick(fa)
         beta_t = torch.tensor([self.cfg.beta if beta is None else beta], dtype=fa.dtype, device=fa.device)
         logits, presence, coarse = self.decode_with_coarse(fa_v, fv, tcue, tm_v, mem_a, mem_v, beta_t, pixel)
@@ -498,21 +512,45 @@ class EEMC(nn.Module):
         return out
 
 
-def causal_memory(features: Tensor, window: int | None = None) -> Tensor:
+def causal_memory(features: Tensor, window: int | None = None, entries: Tensor | None = None) -> Tensor:
     """Cached memory C(tau) of paper Eq. 3 for every step of a clip, in float64 sums.
+
+    The streaming predictor commits a frame to the memory only when ``frame_stride_sec`` (1 s)
+    passed since the last entry, so at a camera rate above 1 Hz only some steps are entries
+    (``refavs_ros.predictor``); ``entries`` says which, and every step, entry or not, reads the
+    mean of the entries before it, as the stream does.
 
     Args:
         features: F^ (B, T, K, d).
-        window: average over the last ``window`` earlier steps; None = all earlier steps.
+        window: average over the last ``window`` earlier entries; None = all earlier entries.
+        entries: bool (T,) or (B, T): steps that enter the memory; None = every step.
 
     Returns:
-        C (B, T, K, d) with C[:, 0] = 0 and C[:, tau] = mean(F^[:, max(0, tau-W):tau]).
+        C (B, T, K, d): C[:, tau] = mean of F^ over the last ``window`` entries strictly before
+        tau (0 where there is none; with ``entries`` None, C[:, tau] = mean(F^[:, max(0,
+        tau-W):tau])).
+
+    Raises:
+        ValueError: ``entries`` not (T,) or (B, T).
     """
     b, t = features.shape[:2]
     x = features.to(torch.float64)
-    csum = torch.cat([torch.zeros_like(x[:, :1]), x.cumsum(dim=1)], dim=1)  # (B, T+1, K, d)
-    idx = torch.arange(t, device=features.device)
-    lo = torch.zeros_like(idx) if window is None else torch.clamp(idx - window, min=0)
-    total = csum[:, idx] - csum[:, lo]  # sum over [lo, tau)
-    count = (idx - lo).clamp(min=1).to(torch.float64).view(1, t, 1, 1)
+    if entries is None:
+        keep = torch.ones(b, t, dtype=torch.float64, device=features.device)
+    else:
+        if entries.shape not in ((t,), (b, t)):
+            raise ValueError(f"entries must be ({t},) or ({b}, {t}), got {tuple(entries.shape)}")
+        keep = entries.to(device=features.device, dtype=torch.float64).expand(b, t)
+    # entries before step tau (exclusive), and the prefix sums P[k] of the first k entries
+    before = torch.cat([keep.new_zeros(b, 1), keep.cumsum(dim=1)[:, :-1]], dim=1).long()  # (B, T)
+    rank = (before + 1) * keep.long()  # 1-based position of each entry among the entries, 0 = not one
+    prefix = x.new_zeros((b, t + 1) + x.shape[2:])  # (B, T+1, K, d): slot k holds entry k
+    prefix.index_put_((torch.arange(b, device=x.device)[:, None].expand(b, t), rank), x * keep[:, :, None, None],
+                      accumulate=True)
+    prefix[:, 0] = 0.0  # slot 0 collected the non-entries (weighted 0)
+    prefix = prefix.cumsum(dim=1)  # P[k] = sum of the first k entries
+    lo = torch.zeros_like(before) if window is None else torch.clamp(before - window, min=0)
+    rows = torch.arange(b, device=x.device)[:, None]
+    total = prefix[rows, before] - prefix[rows, lo]  # (B, T, K, d)
+    count = (before - lo).clamp(min=1).to(torch.float64)[:, :, None, None]
     return (total / count).to(features.dtype)

@@ -88,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="processes generating scenes (rank 0 of each node)")
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes per rank")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads per process")
-    p.add_argument("--fps", type=float, default=1.0, help="frame rate of training scenes (Hz); 1 = one memory entry per frame")
+    p.add_argument("--fps", type=float, default=1.0,
+                   help="frame rate of training scenes (Hz); the cached memory takes one entry per second as the "
+                        "streaming predictor does (above 1 Hz from a random first frame, so the entries' audio "
+                        "falls anywhere relative to the sounds)")
     p.add_argument("--duration", type=float, default=8.0, help="training scene length (s)")
     p.add_argument("--width", type=int, default=320, help="training scene width (pixels)")
     p.add_argument("--height", type=int, default=240, help="training scene height (pixels)")
@@ -280,7 +283,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     frames = args.frames_per_clip if args.frames_per_clip is not None else recipe["frames_per_clip"]
     if args.profile == "official":
         frames = 0  # the released fusion attends across the whole clip
-    dataset = training.ClipDataset(train_set, text, frames or None, args.seed)
+    # one cached-memory entry per second, as the streaming predictor's default frame_stride_sec
+    every = training.memory_every(args.fps) if source == "synthetic" else 1
+    dataset = training.ClipDataset(train_set, text, frames or None, args.seed, memory_every=every)
     steps = args.steps if args.steps is not None else recipe["steps"]
     epochs = args.epochs if args.epochs is not None else (recipe["epochs"] if args.steps is None else None)
     if epochs is not None:
@@ -314,7 +319,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         val = training.evaluate_official(model, val_set, text) if val_set is not None else {}
     else:
         model.cpu()
-        val = training.evaluate_clips(model, val_set, text) if val_set is not None else {}
+        val = training.evaluate_clips(model, val_set, text, memory_every=every) if val_set is not None else {}
     for kind, r in val.items():
         print(f"val {kind:10s} J {r['J']:.3f}  S {r['S']:.3f}  ({r['n']} clips)")
     if args.profile == "official":

@@ -197,6 +197,8 @@ def test_predictor_at_2_fps_equals_batch_with_one_memory_entry_per_second(model,
     assert checked >= 3
     # committing every frame would be another memory from frame 2 on
     assert np.abs(every[0, 2:].numpy() - logits[0, 2:].numpy()).max() > 1e-4
+    with pytest.raises(ValueError, match="memory_entries"):
+        model(px, mels, torch.from_numpy(hidden), torch.from_numpy(mask), memory_entries=torch.ones(T - 1, dtype=torch.bool))
 
 
 def test_command_change_rebuilds_memory_from_cached_features(model, text, clip):

@@ -15,6 +15,7 @@ voice metrics of ``refavs-replay --voice`` (exact match, WER, latency, false com
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import pickle
@@ -87,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     out = {"split": args.split, "count": args.count, "seed": args.seed, "snr_db": args.snr,
            "load_avg": os.getloadavg(), "runs": {}}
     t0 = time.perf_counter()
-    cache = work / "typed_results.pkl"  # the typed run does not depend on the recogniser
+    # the typed run does not depend on the recogniser, only on the bags and the weights
+    from refavs_ros.resources import default_weights_path
+
+    digest = hashlib.sha256(default_weights_path().read_bytes()).hexdigest()[:16]
+    cache = work / f"typed_results-{digest}.pkl"
     if cache.exists():
         typed_summary, typed_frames = pickle.loads(cache.read_bytes())
     else:

@@ -4,7 +4,8 @@
 #   J/F per test subset and expression kind, S on null expressions; test-time ablations (audio
 #   zeroed; cached memory off, beta = 0); J vs SNR (test-noisy at 20/10/5/0 dB); J on
 #   test-occluded; temporal expressions on 24-s clips with a memory window covering the clip
-#   (full and memory off); latency of the new and the previous model side by side in one run.
+#   (full and memory off) and on 60 + 60 more 8-s temporal scenes (test-seen, test-unseen; full
+#   and memory off); latency of the new and the previous model side by side in one run.
 # Usage: scripts/model_card_eval.sh [WEIGHTS] [OUT_DIR] [PREVIOUS_WEIGHTS]   (after ./scripts/install.sh)
 # PREVIOUS_WEIGHTS (optional) enables the latency comparison (bench/model_latency.py); run it on
 # a quiet machine (it waits up to 10 minutes for load < 0.5 and records the load).
@@ -27,6 +28,9 @@ gen main/test-null --split test-null --count 60
 for snr in 20 10 5 0; do gen "noisy/snr$snr" --split test-noisy --count 150 --snr-db "$snr"; done
 gen occluded --split test-occluded --count 150
 gen long --split test-seen --count 60 --duration 24 --kinds temporal --start-index 10000
+# more 8-s temporal scenes for the memory ablation (the main bags hold 54)
+gen temporal/test-seen --split test-seen --count 60 --kinds temporal
+gen temporal/test-unseen --split test-unseen --count 60 --kinds temporal
 
 replay() {  # replay BAGS JSON [REPLAY-ARGS...]
   local src="$1" dst="$2"; shift 2
@@ -40,6 +44,10 @@ replay "$bags/noisy/snr0" "$out/noisy_snr0_zero_audio.json" --zero-audio
 replay "$bags/occluded" "$out/occluded.json"
 replay "$bags/long" "$out/long.json" --num-frames 30
 replay "$bags/long" "$out/long_no_memory.json" --num-frames 30 --beta 0
+for split in test-seen test-unseen; do
+  replay "$bags/temporal/$split" "$out/temporal_$split.json"
+  replay "$bags/temporal/$split" "$out/temporal_${split}_no_memory.json" --beta 0
+done
 if [ -n "$previous" ]; then
   PYTHONPATH=. "$py" -m bench.model_latency "$weights" "$previous" --wait-idle 600 --json "$out/latency.json"
 fi
@@ -76,6 +84,10 @@ print(f"\noccluded: J {fmt(occ['J'])} F {fmt(occ.get('F'))}; per kind " +
       ", ".join(f"{k} {fmt(v['J'])}" for k, v in sorted(occ["kinds"].items())))
 lf, ln = load("long.json"), load("long_no_memory.json")
 print(f"long (24 s, temporal, window 30): J {fmt(lf['J'])}, memory off {fmt(ln['J'])}")
+for split in ("test-seen", "test-unseen"):
+    tf, tn = load(f"temporal_{split}.json"), load(f"temporal_{split}_no_memory.json")
+    print(f"temporal only, {split} (60 x 8 s): J {fmt(tf['J'])}, memory off {fmt(tn['J'])}, "
+          f"drop {fmt(tf['J'] - tn['J'])}")
 lat = load("latency.json")
 if lat:
     for w, r in lat["models"].items():

@@ -15,7 +15,6 @@ voice metrics of ``refavs-replay --voice`` (exact match, WER, latency, false com
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import pickle
@@ -89,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
            "load_avg": os.getloadavg(), "runs": {}}
     t0 = time.perf_counter()
     # the typed run does not depend on the recogniser, only on the bags and the weights
+    from refavs_ros.export.cache import file_sha256
     from refavs_ros.resources import default_weights_path
 
-    digest = hashlib.sha256(default_weights_path().read_bytes()).hexdigest()[:16]
-    cache = work / f"typed_results-{digest}.pkl"
+    cache = work / f"typed_results-{file_sha256(default_weights_path())[:16]}.pkl"
     if cache.exists():
         typed_summary, typed_frames = pickle.loads(cache.read_bytes())
     else:

@@ -55,6 +55,7 @@ from refavs_ros.errors import ConfigError, InputError
 from refavs_ros.models.config import EEMCConfig
 from refavs_ros.models.eemc import EEMC, causal_memory
 from refavs_ros.models.text import TextEncoder
+from refavs_ros.predictor import PredictorConfig
 
 AUX_WEIGHT = 0.5
 """Weight of the auxiliary losses: per-pixel category (training-only head, not part of the
@@ -330,12 +331,13 @@ def encode_expressions(encoder: TextEncoder, expressions: Iterable[str], batch: 
     return out
 
 
-def memory_every(fps: float, frame_stride_sec: float = 1.0) -> int:
+def memory_every(fps: float, frame_stride_sec: float = PredictorConfig.frame_stride_sec) -> int:
     """Steps between two cached-memory entries for a clip at ``fps`` Hz.
 
     The streaming predictor commits a frame when at least ``frame_stride_sec`` passed since the
-    last entry (``StreamingPredictor.step``); with frames every 1/fps s that is every
-    ``ceil(fps * frame_stride_sec)`` steps (1 for fps <= 1 Hz with the 1-s stride).
+    last entry (``StreamingPredictor.step``; default: :class:`PredictorConfig`'s, 1 s); with
+    frames every 1/fps s that is every ``ceil(fps * frame_stride_sec)`` steps (1 for fps <= 1 Hz
+    with the 1-s stride).
 
     Raises:
         ConfigError: fps <= 0 or frame_stride_sec < 0.

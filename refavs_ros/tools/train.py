@@ -283,7 +283,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     frames = args.frames_per_clip if args.frames_per_clip is not None else recipe["frames_per_clip"]
     if args.profile == "official":
         frames = 0  # the released fusion attends across the whole clip
-    # one cached-memory entry per second, as the streaming predictor's default frame_stride_sec
+    # one cached-memory entry per frame_stride_sec of the predictor's default config (1 s)
     every = training.memory_every(args.fps) if source == "synthetic" else 1
     dataset = training.ClipDataset(train_set, text, frames or None, args.seed, memory_every=every)
     steps = args.steps if args.steps is not None else recipe["steps"]

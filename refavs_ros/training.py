@@ -407,11 +407,8 @@ class ClipDataset(Dataset):
 
     def memory_steps(self, i: int) -> np.ndarray:
         """Memory entries of sample ``i`` this epoch: bool (T,) (all True with ``memory_every`` 1)."""
-        t = self.clips.num_frames
-        if self.memory_every == 1:
-            return np.ones(t, bool)
         first = int(np.random.default_rng((self.seed, self.epoch, int(i), 1)).integers(self.memory_every))
-        return memory_entries(t, self.memory_every, first)
+        return memory_entries(self.clips.num_frames, self.memory_every, first)
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         c, v = self.clips, self.clips.row(i)
@@ -529,11 +526,9 @@ class EEMCObjective(nn.Module):
             rows = torch.arange(b, device=fi.device)[:, None]
             want = history[rows, fi]  # (B, T', C)
             pred = self.memory_head(extra["memory_audio"][:, :, 0].float())  # (B, T', C)
-            if entries is None:
-                has_past = (fi > 0).float()  # C_A is 0 (no information) at the first step
-            else:  # ... and before the first entry
-                earlier = entries.long().cumsum(1) - entries.long()  # (B, T) entries strictly before each step
-                has_past = (earlier.gather(1, fi) > 0).float()
+            steps = entries.long() if entries is not None else torch.ones_like(heard[:, :, 0], dtype=torch.long)
+            earlier = steps.cumsum(1) - steps  # (B, T) memory entries strictly before each step
+            has_past = (earlier.gather(1, fi) > 0).float()  # C_A is 0 (no information) before the first entry
             per = F.binary_cross_entropy_with_logits(pred, want, reduction="none").mean(2)
             memory = (per * has_past).sum(1) / has_past.sum(1).clamp(min=1.0)
         w_bce, w_dice = self.mask_weights

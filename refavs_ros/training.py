@@ -579,13 +579,13 @@ def evaluate_clips(
     per_kind: dict[str, list[float]] = defaultdict(list)
     s_vals: dict[str, list[float]] = defaultdict(list)
     silence = audio.example_ending_at(np.zeros(0, np.float32))
+    entries = torch.from_numpy(memory_entries(clips.num_frames, memory_every)) if memory_every > 1 else None
     for start in range(0, len(clips), batch_size):
         idx = np.arange(start, min(start + batch_size, len(clips)))
         batch = clip_batch(clips, idx, text, device)
         if zero_audio:
             batch["mels"][:] = torch.from_numpy(silence).to(device)
         images = batch["images"].permute(0, 1, 4, 2, 3).float().div(255.0)
-        entries = torch.from_numpy(memory_entries(clips.num_frames, memory_every)) if memory_every > 1 else None
         logits, presence = model(images, batch["mels"], batch["hidden"], batch["tmask"], beta=beta,
                                  memory_entries=entries)
         up = F.interpolate(logits.float().flatten(0, 1)[:, None], scale_factor=2.0, mode="bilinear", align_corners=False)

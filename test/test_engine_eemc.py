@@ -52,6 +52,13 @@ def _mels(wave, audio_start, stamps):
     return np.stack(out)
 
 
+def _source_probability(logits):
+    """The predictor's probability map for batch-path mask logits: bilinear resize to (H, W), sigmoid."""
+    import cv2
+
+    return 1 / (1 + np.exp(-cv2.resize(logits, (W, H), interpolation=cv2.INTER_LINEAR)))
+
+
 def _batch(model, text, frames, mels, command, window=None, beta=None):
     hidden, mask = text.encode([command])
     px = torch.from_numpy(np.stack([preprocess_image(f, model.cfg.image_size) for f in frames]))[None]
@@ -186,13 +193,10 @@ def test_predictor_at_2_fps_equals_batch_with_one_memory_entry_per_second(model,
         logits, _ = model(px, mels, torch.from_numpy(hidden), torch.from_numpy(mask),
                           memory_entries=torch.from_numpy(entries))
         every, _ = model(px, mels, torch.from_numpy(hidden), torch.from_numpy(mask))
-    import cv2
-
     checked = 0
     for p, l in zip(probs, logits[0].numpy()):
         if p.any():
-            ref = 1 / (1 + np.exp(-cv2.resize(l, (W, H), interpolation=cv2.INTER_LINEAR)))
-            np.testing.assert_allclose(p, ref, atol=1e-5)
+            np.testing.assert_allclose(p, _source_probability(l), atol=1e-5)
             checked += 1
     assert checked >= 3
     # committing every frame would be another memory from frame 2 on
@@ -237,12 +241,9 @@ def test_predictor_streaming_equals_batch_with_chunked_audio(model, text, tiny_w
         assert result.mask.shape == (H, W) and result.probability.shape == (H, W)
         probs.append(result.probability)
     logits, _ = _batch(model, text, frames, _mels(wave, audio_start, stamps), "the dog that is barking")
-    import cv2
-
     for p, l in zip(probs, logits):
-        ref = 1 / (1 + np.exp(-cv2.resize(l, (W, H), interpolation=cv2.INTER_LINEAR)))
         if p.any():  # gated by found; with score_threshold 0 only an empty mask gates
-            np.testing.assert_allclose(p, ref, atol=1e-5)
+            np.testing.assert_allclose(p, _source_probability(l), atol=1e-5)
 
 
 def test_predictor_takes_latest_frame_and_strides_memory(tiny_weights, clip):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -50,3 +51,24 @@ def find_shipped(relative: str) -> Path:
 def default_weights_path() -> Path:
     """The shipped tiny EEMC weights (``models/refavs_tiny.safetensors``)."""
     return find_shipped(f"models/{DEFAULT_WEIGHTS}")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes (keys TensorRT engines by their ONNX source; checks fetched voice models)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """Root of refavs_ros's caches (exported graphs, TensorRT engines, voice models).
+
+    ``$REFAVS_ROS_CACHE`` if set, else ``$XDG_CACHE_HOME/refavs_ros``, else
+    ``~/.cache/refavs_ros``.
+    """
+    if os.environ.get("REFAVS_ROS_CACHE"):
+        return Path(os.environ["REFAVS_ROS_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "refavs_ros"

@@ -26,6 +26,7 @@ from refavs_ros.export.onnx_utils import OPSET
 from refavs_ros.models.config import EEMCConfig
 from refavs_ros.models.eemc import EEMC
 from refavs_ros.models.eemc_stages import STAGES
+from refavs_ros.resources import default_cache_dir, file_sha256  # noqa: F401  (re-exported)
 
 EXPORT_FORMAT = "refavs_ros.onnx.v1"
 """``format`` value of ``manifest.json``; a cache directory with another value is re-exported."""
@@ -53,27 +54,6 @@ def model_fingerprint(model: nn.Module, cfg: EEMCConfig | None = None) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 (hex) of a file's bytes (keys TensorRT engines by their ONNX source)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def default_cache_dir() -> Path:
-    """Root of the export/engine cache.
-
-    ``$REFAVS_ROS_CACHE`` if set, else ``$XDG_CACHE_HOME/refavs_ros``, else
-    ``~/.cache/refavs_ros``.
-    """
-    if os.environ.get("REFAVS_ROS_CACHE"):
-        return Path(os.environ["REFAVS_ROS_CACHE"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "refavs_ros"
 
 
 # ------------------------------------------------------------------------------- whole model

@@ -88,8 +88,10 @@ setup(
             "ros-jazzy-python-cmake-module==0.11.1",
         ],
         # voice commands (refavs_ros.voice): pocketsphinx ships its US-English model; silero-vad
-        # ships its ONNX VAD (run with onnxruntime; its torchaudio extra is not needed)
-        "voice": ["pocketsphinx>=5.0,<6", "silero-vad>=5.1"],
+        # ships its ONNX VAD (run with onnxruntime; its torchaudio extra is not needed); the
+        # default "moonshine" backend runs Moonshine with onnxruntime + tokenizers, its files
+        # installed by `refavs-voice-models fetch` (scripts/install.sh does it)
+        "voice": ["pocketsphinx>=5.0,<6", "silero-vad>=5.1", "tokenizers>=0.19"],
     },
     zip_safe=False,
     entry_points={
@@ -100,6 +102,7 @@ setup(
             "refavs-eval-bench = refavs_ros.tools.eval_refavs_bench:main",
             "refavs-bench2bag = refavs_ros.tools.refavs_bench_to_bag:main",
             "refavs-export = refavs_ros.tools.export:main",
+            "refavs-voice-models = refavs_ros.tools.voice_models:main",
             "refavs_node = refavs_ros.ros.node:main",
             "audio_capture_node = refavs_ros.ros.audio_capture_node:main",
             "voice_command_node = refavs_ros.ros.voice_command_node:main",

@@ -9,7 +9,9 @@ commands are compared with the ground truth:
   ground truth after normalisation (lower case, no punctuation, hyphens as spaces);
 * WER: word error rate of that command (no command = all words deleted), corpus level;
 * latency: stamp of the chunk that completed the command + the wall time spent on that chunk,
-  minus the stamp of the end of the speech (ground truth) -- "utterance end -> command";
+  minus the stamp of the end of the speech (ground truth) -- "utterance end -> command"; with
+  ``--realtime`` the audio is fed at its real rate and the command's wall-clock time is used
+  (the only honest figure for speculative recognition, which works during the pause);
 * extra commands: accepted commands other than the first correct one (scene sounds such as the
   person's espeak "hello there" can be heard as commands).
 
@@ -49,19 +51,34 @@ def word_errors(ref: list[str], hyp: list[str]) -> int:
     return d[len(hyp)]
 
 
-def run_scene(rec, scene, chunk: int = 512):
-    """Stream a scene's audio through ``rec``; return (commands with emit latency info, wall)."""
+def run_scene(rec, scene, chunk: int = 512, realtime: bool = False):
+    """Stream a scene's audio through ``rec``; return [(command, emit time on the stamp clock, ns)].
+
+    Offline (default) chunks are pushed as fast as the recogniser takes them and a command's
+    emit time is the end of the chunk that completed it plus the wall time of that push: work
+    the recogniser did earlier (speculative recognition during a pause) is not credited.
+    ``realtime`` paces the chunks like a microphone (each pushed once its last sample has been
+    "captured") and the emit time is the wall clock mapped onto the stamps: what a live robot
+    sees.
+    """
     from refavs_ros.rosio.bagio import audio_chunks
 
     rec.reset()
     out = []
-    for stamp, samples in audio_chunks(scene.audio, int(scene.audio_start_ns), int(scene.sample_rate), chunk):
+    a0 = int(scene.audio_start_ns)
+    wall0 = time.perf_counter()
+    for stamp, samples in audio_chunks(scene.audio, a0, int(scene.sample_rate), chunk):
+        chunk_end = stamp + round(len(samples) * 1e9 / scene.sample_rate)
+        if realtime:
+            delay = (chunk_end - a0) / 1e9 - (time.perf_counter() - wall0)
+            if delay > 0:
+                time.sleep(delay)
         t0 = time.perf_counter()
         cmds = rec.push_audio(stamp, samples, int(scene.sample_rate))
-        wall = time.perf_counter() - t0
-        chunk_end = stamp + round(len(samples) * 1e9 / scene.sample_rate)
+        now = time.perf_counter()
+        emit = a0 + int((now - wall0) * 1e9) if realtime else chunk_end + int((now - t0) * 1e9)
         for c in cmds:
-            out.append((c, chunk_end + int(wall * 1e9)))
+            out.append((c, emit))
     end = int(scene.audio_start_ns) + round(scene.audio.size * 1e9 / scene.sample_rate)
     for c in rec.flush():
         out.append((c, end))
@@ -78,11 +95,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="SNR levels (dB); 'clean' = the speech alone, scene sounds muted")
     p.add_argument("--cmn", default=None, choices=["utterance", "live", "batch"],
                    help="grammar backend cepstral mean normalisation (default: the backend's)")
-    p.add_argument("--backend", default="grammar")
+    p.add_argument("--backend", default=None, help="ASR backend (default: the recogniser's)")
+    p.add_argument("--moonshine-dir", default="", help="Moonshine model directory (default: the installed default)")
+    p.add_argument("--gate-db", type=float, default=None,
+                   help="VAD min_level_above_ambient_db (default: the config's; negative = off)")
     p.add_argument("--threshold", type=float, default=None, help="confidence threshold (default: config)")
     p.add_argument("--min-silence", type=float, default=None)
     p.add_argument("--json", default="")
     p.add_argument("--errors", action="store_true")
+    p.add_argument("--realtime", action="store_true",
+                   help="feed the audio at its real rate (latency as a live robot sees it; 8 s per scene)")
     args = p.parse_args(argv)
 
     from refavs_ros.scenes import generate_scene
@@ -97,8 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     kw = {}
     if args.threshold is not None:
         kw["confidence_threshold"] = args.threshold
+    vad_kw = {}
     if args.min_silence is not None:
-        kw["vad"] = VadConfig(min_silence_sec=args.min_silence, speech_pad_sec=min(VadConfig.speech_pad_sec, args.min_silence))
+        vad_kw.update(min_silence_sec=args.min_silence, speech_pad_sec=min(VadConfig.speech_pad_sec, args.min_silence))
+    if args.gate_db is not None:
+        vad_kw.update(min_level_above_ambient_db=args.gate_db)
+    if vad_kw:
+        kw["vad"] = VadConfig(**vad_kw)
+    if args.backend is not None:
+        kw["backend"] = args.backend
+    if args.moonshine_dir:
+        kw["moonshine_dir"] = args.moonshine_dir
     heard: list = []
     backend = None
     if args.cmn is not None:
@@ -106,13 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         from refavs_ros.voice.asr import GrammarBackend
 
         backend = GrammarBackend(Vocabulary.load(None), cmn=args.cmn)
-    rec = VoiceCommandRecognizer(RecognizerConfig(backend=args.backend, **kw), on_transcript=heard.append,
+    rec = VoiceCommandRecognizer(RecognizerConfig(**kw), on_transcript=heard.append,
                                  backend=backend)
     print(f"load average at start {[round(x, 2) for x in os.getloadavg()]} ({os.cpu_count()} CPUs); latency "
           "figures include any wait for the CPU", flush=True)
     scenes = [generate_scene(args.split, i, args.seed)
               for i in range(args.start_index, args.start_index + args.count)]
-    results = {"split": args.split, "count": args.count, "seed": args.seed, "backend": args.backend,
+    results = {"split": args.split, "count": args.count, "seed": args.seed, "backend": rec.backend.name, "realtime": args.realtime,
                "config": {k: str(v) for k, v in rec.config.__dict__.items()}, "load_avg": os.getloadavg(),
                "cpu": platform.processor() or platform.machine(), "levels": {}}
     for level in args.snr:
@@ -133,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             sc = spoken.meta["spoken_command"]
             audio_sec += spoken.audio.size / spoken.sample_rate
             heard.clear()
-            cmds = run_scene(rec, spoken)
+            cmds = run_scene(rec, spoken, realtime=args.realtime)
             for tr in heard:
                 reasons[tr.reason] += 1
             ref = normalise_text(sc["text"]).split()

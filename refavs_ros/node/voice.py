@@ -133,6 +133,10 @@ class VoiceStage:
         """New stream (a new bag, a time jump): the recogniser forgets its utterance in progress."""
         self.recognizer.reset()
 
+    def close(self) -> None:
+        """Stop the recogniser's worker thread (:meth:`VoiceCommandRecognizer.close`)."""
+        self.recognizer.close()
+
 
 # ------------------------------------------------------------------ voice_command_node parameters
 
@@ -149,13 +153,16 @@ def _voice_parameters():
     from refavs_ros.voice.asr import BACKENDS
 
     return (
-        ParamSpec("backend", "grammar", "speech recogniser: grammar (pocketsphinx + the vocabulary's JSGF "
-                  "grammar), pocketsphinx (general language model), whisper (local model directory)",
+        ParamSpec("backend", "moonshine", "speech recogniser: moonshine (Moonshine searched inside the "
+                  "vocabulary's sentences; refavs-voice-models fetch), grammar (pocketsphinx + the vocabulary's "
+                  "JSGF grammar), pocketsphinx (general language model), whisper (local model directory)",
                   CONFIGURE, choices=BACKENDS),
         ParamSpec("vocabulary_path", "", "command vocabulary YAML; empty = the shipped "
                   "config/voice_vocabulary.yaml", CONFIGURE),
         ParamSpec("whisper_dir", "", "local Whisper model directory (save_pretrained layout; backend whisper)",
                   CONFIGURE),
+        ParamSpec("moonshine_dir", "", "Moonshine model directory (backend moonshine); empty = the one "
+                  "refavs-voice-models fetch installs", CONFIGURE),
         ParamSpec("wake_phrase", "", "words a command must start with (removed from the command); empty = none",
                   CONFIGURE),
         ParamSpec("match", "", "open-vocabulary backends: grammar (a sentence of the vocabulary), vocabulary "
@@ -207,7 +214,7 @@ def recognizer_config_from_params(values: dict) -> tuple[Any, str, int, int]:
                     min_silence_sec=v["min_silence_sec"], speech_pad_sec=min(VadConfig.speech_pad_sec, v["min_silence_sec"]),
                     max_utterance_sec=v["max_utterance_sec"])
     config = RecognizerConfig(backend=v["backend"], vocabulary_path=v["vocabulary_path"], whisper_dir=v["whisper_dir"],
-                              wake_phrase=v["wake_phrase"], confidence_threshold=v["confidence_threshold"],
+                              moonshine_dir=v["moonshine_dir"], wake_phrase=v["wake_phrase"], confidence_threshold=v["confidence_threshold"],
                               match=v["match"], vad=vad).validated()
     return config, v["audio_msg_type"], v["audio_sample_rate"], v["audio_channels"]
 
@@ -241,7 +248,8 @@ def voice_stage_from_settings(settings, on_transcript=None) -> VoiceStage | None
     from refavs_ros.voice import RecognizerConfig
 
     config = RecognizerConfig(backend=settings.voice_backend, vocabulary_path=settings.voice_vocabulary_path,
-                              whisper_dir=settings.voice_whisper_dir, wake_phrase=settings.voice_wake_phrase,
+                              whisper_dir=settings.voice_whisper_dir, moonshine_dir=settings.voice_moonshine_dir,
+                              wake_phrase=settings.voice_wake_phrase,
                               confidence_threshold=settings.voice_confidence_threshold)
     recognizer = VoiceCommandRecognizer(config, on_transcript=on_transcript)
     return VoiceStage(recognizer, VoiceOptions(suppression=settings.voice_suppression,

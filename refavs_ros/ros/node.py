@@ -370,8 +370,13 @@ class RefAvsNode(AutostartMixin, LifecycleNode):
         """
         self._drop_active_entities()
         with self._infer_lock:  # a timer callback already dispatched returns without publishing
+            self._close_voice()
             self._pipeline = None
         super().destroy_node()
+
+    def _close_voice(self) -> None:
+        if self._pipeline is not None and self._pipeline.voice is not None:
+            self._pipeline.voice.close()
 
     def _drop_active_entities(self) -> None:
         for sub in self._sub_handles:
@@ -395,6 +400,7 @@ class RefAvsNode(AutostartMixin, LifecycleNode):
         self._diag_timer = self._diag_pub = None
         with self._infer_lock:
             released = self._pipeline is not None
+            self._close_voice()
             self._pipeline = None
             self._locator = None
         with self._status_lock:

@@ -206,6 +206,8 @@ class VoiceCommandNode(AutostartMixin, LifecycleNode):
             self.destroy_publisher(self._diag_pub)
         self._diag_timer = self._diag_pub = None
         with self._lock:
+            if self._recognizer is not None:
+                self._recognizer.close()  # its speculative-recognition worker thread
             self._recognizer = None
         self._lifecycle = "unconfigured"
 

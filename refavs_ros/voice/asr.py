@@ -41,7 +41,7 @@ from refavs_ros.errors import (
 )
 from refavs_ros.voice.vocabulary import Vocabulary, normalise_text
 
-BACKENDS = ("grammar", "pocketsphinx", "whisper")
+BACKENDS = ("grammar", "moonshine", "pocketsphinx", "whisper")
 """Names accepted by :func:`build_backend`."""
 
 CMN_MODES = ("utterance", "live", "batch")
@@ -700,15 +700,17 @@ class WhisperBackend:
 
 
 def build_backend(name: str, vocabulary: Vocabulary, *, wake_phrase: str = "", whisper_dir: str | Path = "",
-                  **kwargs) -> AsrBackend:
+                  moonshine_dir: str | Path = "", **kwargs) -> AsrBackend:
     """Create a backend by name.
 
     Args:
         name: one of :data:`BACKENDS`.
-        vocabulary: the command vocabulary (grammar for ``grammar``; extra pronunciations for
-            ``pocketsphinx``).
-        wake_phrase: optional wake phrase (grammar backend: optional leading words).
+        vocabulary: the command vocabulary (grammar for ``grammar`` and ``moonshine``; extra
+            pronunciations for ``pocketsphinx``).
+        wake_phrase: optional wake phrase (grammar backends: optional leading words).
         whisper_dir: local Whisper model directory (``whisper`` only).
+        moonshine_dir: Moonshine model directory (``moonshine`` only; "" = the default one,
+            :func:`refavs_ros.voice.models.default_model_dir`).
         **kwargs: passed to the backend's constructor.
 
     Raises:
@@ -716,6 +718,10 @@ def build_backend(name: str, vocabulary: Vocabulary, *, wake_phrase: str = "", w
     """
     if name == "grammar":
         return GrammarBackend(vocabulary, wake_phrase, **kwargs)
+    if name == "moonshine":
+        from refavs_ros.voice.moonshine import MoonshineBackend
+
+        return MoonshineBackend(vocabulary, moonshine_dir, wake_phrase=wake_phrase, **kwargs)
     if name == "pocketsphinx":
         return PocketsphinxLMBackend(extra_pronunciations=vocabulary.pronunciations, **kwargs)
     if name == "whisper":

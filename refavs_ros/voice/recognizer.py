@@ -4,7 +4,7 @@ Usage::
 
     from refavs_ros.voice import RecognizerConfig, VoiceCommandRecognizer
 
-    rec = VoiceCommandRecognizer(RecognizerConfig())          # silero-vad + pocketsphinx grammar
+    rec = VoiceCommandRecognizer(RecognizerConfig())          # silero-vad + Moonshine in the grammar
     for stamp_ns, samples in chunks:                           # same chunks as the predictor
         for cmd in rec.push_audio(stamp_ns, samples, 16000):   # any rate / channels
             predictor.set_command(cmd.text)                    # cmd.start_ns / end_ns: the speech
@@ -22,6 +22,13 @@ Timing: ``stamp_ns`` of a chunk is the stamp of its FIRST sample; sample ``i`` o
 stream is at ``stamp + i * 1e9 / rate``. A stamp that jumps back, or forward by more than
 ``max_gap_sec`` from where the previous chunk ended, starts a new stream (an utterance in
 progress is recognised first when the jump is forward).
+
+Speculative recognition (``speculative_sec``, backends that recognise whole utterances such as
+``moonshine``): once the speech has paused for ``speculative_sec``, the utterance so far is
+recognised on a worker thread while the VAD waits out ``min_silence_sec``; if the utterance then
+ends without more speech, that result is used, so the recogniser's time overlaps the wait
+instead of following it (the classic early-endpointing trade of streaming ASR). Every call of
+the backend runs on that one worker thread, one at a time.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,9 +126,14 @@ class RecognizerConfig:
     """Settings of :class:`VoiceCommandRecognizer`.
 
     Attributes:
-        backend: ASR backend, one of ``grammar`` (default), ``pocketsphinx``, ``whisper``.
+        backend: ASR backend, one of :data:`~refavs_ros.voice.asr.BACKENDS`: ``moonshine``
+            (default; Moonshine searched inside the grammar, needs ``refavs-voice-models
+            fetch``), ``grammar`` (pocketsphinx with the grammar, shipped with its wheel),
+            ``pocketsphinx`` (general language model), ``whisper`` (local directory).
         vocabulary_path: vocabulary YAML; "" = the shipped ``config/voice_vocabulary.yaml``.
         whisper_dir: local Whisper model directory (backend ``whisper``).
+        moonshine_dir: Moonshine model directory (backend ``moonshine``); "" = the default
+            (:func:`refavs_ros.voice.models.default_model_dir`).
         wake_phrase: when set (e.g. "robot"), a command must start with it; it is removed
             from the command text.
         confidence_threshold: minimum confidence in [0, 1] of an accepted command.
@@ -129,11 +142,16 @@ class RecognizerConfig:
         max_gap_sec: a stamp discontinuity larger than this (s) starts a new stream.
         transcript_history: transcripts kept in :attr:`VoiceCommandRecognizer.transcripts`.
         vad_threads: onnxruntime threads of the VAD.
+        speculative_sec: pause (s) after which a whole-utterance backend starts recognising the
+            utterance so far (module doc); 0 = off; below ``vad.min_silence_sec``.
+        asr_threads: onnxruntime intra-op threads of the ``moonshine`` backend (1-64; it runs
+            only between an utterance's end and its command).
     """
 
-    backend: str = "grammar"
+    backend: str = "moonshine"
     vocabulary_path: str = ""
     whisper_dir: str = ""
+    moonshine_dir: str = ""
     wake_phrase: str = ""
     confidence_threshold: float = 0.1
     match: str = ""
@@ -141,6 +159,8 @@ class RecognizerConfig:
     max_gap_sec: float = 0.1
     transcript_history: int = 100
     vad_threads: int = 1
+    speculative_sec: float = 0.1
+    asr_threads: int = 2
 
     def validated(self) -> RecognizerConfig:
         """Return self after checking every field.
@@ -159,6 +179,11 @@ class RecognizerConfig:
         if not isinstance(self.transcript_history, int) or self.transcript_history < 1:
             raise ConfigError(f"transcript_history must be an int >= 1, got {self.transcript_history!r}")
         self.vad.validated()
+        if not isinstance(self.asr_threads, int) or isinstance(self.asr_threads, bool) or not 1 <= self.asr_threads <= 64:
+            raise ConfigError(f"asr_threads must be an int in 1..64, got {self.asr_threads!r}")
+        if not 0.0 <= float(self.speculative_sec) < self.vad.min_silence_sec:
+            raise ConfigError(f"speculative_sec must be in [0, vad.min_silence_sec = {self.vad.min_silence_sec}) s, "
+                              f"got {self.speculative_sec!r}")
         return self
 
 
@@ -220,8 +245,9 @@ class VoiceCommandRecognizer:
         cfg = self.config
         self.vocabulary = vocabulary or Vocabulary.load(cfg.vocabulary_path or None)
         self.wake = normalise_text(cfg.wake_phrase)
+        extra = {"threads": cfg.asr_threads} if cfg.backend == "moonshine" else {}
         self.backend = backend or build_backend(cfg.backend, self.vocabulary, wake_phrase=self.wake,
-                                                whisper_dir=cfg.whisper_dir)
+                                                whisper_dir=cfg.whisper_dir, moonshine_dir=cfg.moonshine_dir, **extra)
         self.vad = vad or SileroVad(threads=cfg.vad_threads)
         self._decoding = False
         self._streaming = (all(hasattr(self.backend, m) for m in ("begin", "feed", "end", "cancel"))
@@ -235,6 +261,35 @@ class VoiceCommandRecognizer:
         self._base_ns: int | None = None  # stamp of stream sample 0
         self._consumed = 0  # stream samples received
         self._pending = np.zeros(0, np.float32)
+        self._worker: ThreadPoolExecutor | None = None
+        self._speculation: tuple[tuple[int, int], Future] | None = None  # ((onset, last speech), job)
+        self._speculate = 0 if self._streaming else round(float(cfg.speculative_sec) * RATE)
+
+    def _submit(self, audio: np.ndarray) -> Future:
+        """Recognise ``audio`` on the worker thread (every backend call goes there, in order)."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refavs-asr")
+        return self._worker.submit(self.backend.transcribe, audio)
+
+    def _maybe_speculate(self) -> None:
+        seg = self.segmenter
+        if not self._speculate or not seg.in_speech or seg.silence_samples < self._speculate:
+            return
+        key = (seg.onset, seg.last_speech)
+        if self._speculation is not None and self._speculation[0] == key:
+            return
+        if self._speculation is not None:
+            self._speculation[1].cancel()  # more speech came: that guess is stale
+        self._speculation = (key, self._submit(seg.provisional()))
+        self.stats["speculations"] += 1
+
+    def close(self) -> None:
+        """Stop the worker thread (after the job in progress). The recogniser can still be used:
+        the next utterance starts a new worker."""
+        self._speculation = None
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self._worker = None
 
     # ------------------------------------------------------------------------------ stream
 
@@ -330,6 +385,8 @@ class VoiceCommandRecognizer:
                         self._end_stream()
             if seg is not None:
                 out.extend(self._finish(seg))
+            else:
+                self._maybe_speculate()
         self._pending = buf[n * WINDOW :].copy()
         self.stats["windows"] += n
         self.stats["busy_ns"] += int((time.perf_counter() - t0) * 1e9)
@@ -342,9 +399,13 @@ class VoiceCommandRecognizer:
         return out
 
     def _end_stream(self) -> None:
+        """Abandon the utterance in progress: its streamed decoding or its speculative job."""
         if self._decoding:
             self.backend.cancel()
             self._decoding = False
+        if self._speculation is not None:
+            self._speculation[1].cancel()
+            self._speculation = None
 
     # ----------------------------------------------------------------------------- offline
 
@@ -399,7 +460,15 @@ class VoiceCommandRecognizer:
             hyp: Hypothesis = self.backend.end()
             self._decoding = False
         else:
-            hyp = self.backend.transcribe(seg.audio)
+            spec, self._speculation = self._speculation, None
+            if spec is not None and spec[0] == (seg.start, seg.end):
+                job = spec[1]  # no speech since the guess began: it is this utterance
+                self.stats["speculation_hits"] += 1
+            else:
+                if spec is not None:
+                    spec[1].cancel()
+                job = self._submit(seg.audio)
+            hyp = job.result()
         self.decode_sec += hyp.decode_sec
         transcript = self._decide(hyp, self._stamp(seg.start), self._stamp(seg.end), tuple(warnings))
         self._record(transcript)

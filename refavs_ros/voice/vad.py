@@ -250,6 +250,26 @@ class UtteranceSegmenter:
         """Audio of the utterance in progress so far, padding included: float32 (N,)."""
         return np.concatenate(self._buf) if self._active and self._buf else np.zeros(0, np.float32)
 
+    @property
+    def last_speech(self) -> int | None:
+        """Sample index one past the current utterance's last speech window (None outside speech)."""
+        return self._last_speech if self._active else None
+
+    @property
+    def silence_samples(self) -> int:
+        """Samples since the current utterance's last speech window (0 outside speech)."""
+        return self._pos - self._last_speech if self._active else 0
+
+    def provisional(self) -> np.ndarray:
+        """The segment audio the utterance in progress would have if it ended now: float32 (N,),
+        from ``speech_pad_sec`` before the onset to the newest sample (the final segment keeps
+        at most ``speech_pad_sec`` after the last speech window instead)."""
+        if not self._active or not self._buf:
+            return np.zeros(0, np.float32)
+        audio = np.concatenate(self._buf)
+        start = max(self._buf_start, self._onset - self._pad)
+        return audio[start - self._buf_start :]
+
     def push(self, window: np.ndarray, prob: float) -> Segment | None:
         """Add the next window and its speech probability.
 

@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cmn", default=None, choices=["utterance", "live", "batch"],
                    help="grammar backend cepstral mean normalisation (default: the backend's)")
     p.add_argument("--backend", default=None, help="ASR backend (default: the recogniser's)")
+    p.add_argument("--speculative", type=float, default=None,
+                   help="speculative_sec of the recogniser (default: the config's; 0 = off)")
     p.add_argument("--moonshine-dir", default="", help="Moonshine model directory (default: the installed default)")
     p.add_argument("--gate-db", type=float, default=None,
                    help="VAD min_level_above_ambient_db (default: the config's; negative = off)")
@@ -128,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         kw["vad"] = VadConfig(**vad_kw)
     if args.backend is not None:
         kw["backend"] = args.backend
+    if args.speculative is not None:
+        kw["speculative_sec"] = args.speculative
     if args.moonshine_dir:
         kw["moonshine_dir"] = args.moonshine_dir
     heard: list = []

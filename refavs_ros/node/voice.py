@@ -177,6 +177,9 @@ def _voice_parameters():
                   CONFIGURE, 0.05, 5.0),
         ParamSpec("max_utterance_sec", 10.0, "utterances are cut and recognised at this length (s)", CONFIGURE,
                   1.0, 30.0),
+        ParamSpec("speculative_sec", 0.1, "pause (s) after which backend moonshine starts recognising the "
+                  "utterance so far, while the VAD waits out min_silence_sec; 0 = off", CONFIGURE, 0.0, 5.0),
+        ParamSpec("asr_threads", 2, "onnxruntime threads of backend moonshine", CONFIGURE, 1, 64),
         ParamSpec("audio_msg_type", "AudioStamped", "audio message type on the audio topic "
                   "(audio_common_msgs/<type>)", CONFIGURE, choices=AUDIO_MSG_TYPES),
         ParamSpec("audio_sample_rate", 16000, "sample rate (Hz) of ros-drivers AudioData(Stamped) input",
@@ -215,7 +218,8 @@ def recognizer_config_from_params(values: dict) -> tuple[Any, str, int, int]:
                     max_utterance_sec=v["max_utterance_sec"])
     config = RecognizerConfig(backend=v["backend"], vocabulary_path=v["vocabulary_path"], whisper_dir=v["whisper_dir"],
                               moonshine_dir=v["moonshine_dir"], wake_phrase=v["wake_phrase"], confidence_threshold=v["confidence_threshold"],
-                              match=v["match"], vad=vad).validated()
+                              match=v["match"], vad=vad, speculative_sec=v["speculative_sec"],
+                              asr_threads=v["asr_threads"]).validated()
     return config, v["audio_msg_type"], v["audio_sample_rate"], v["audio_channels"]
 
 

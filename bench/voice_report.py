@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = json.load(open(args.commands))
     fal = json.load(open(args.false))
     out = ["# Voice commands: measured figures (issue 9)", ""]
-    out.append(f"Recogniser: `RecognizerConfig()` defaults (silero-vad, pocketsphinx grammar backend with the "
-               f"shipped `config/voice_vocabulary.yaml`, confidence threshold "
+    out.append(f"Recogniser: `RecognizerConfig()` defaults (silero-vad, the {cmd.get('backend', 'grammar')!r} backend "
+               f"with the shipped `config/voice_vocabulary.yaml`, confidence threshold "
                f"{cmd['config'].get('confidence_threshold')}). Machine: 2-core CPU shared with other jobs; load "
                f"average at start {[round(x, 1) for x in cmd['load_avg']]}, at end "
                f"{[round(x, 1) for x in cmd.get('load_avg_end', [])]} (benches run under `nice -n 15`, so the "

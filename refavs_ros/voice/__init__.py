@@ -1,7 +1,8 @@
 """Voice commands: a spoken referring expression becomes the command, offline (issue 9).
 
 ``VoiceCommandRecognizer`` takes the same stamped audio chunks as the predictor; silero-vad
-cuts utterances, an ASR backend (pocketsphinx with the command grammar by default; the general
+cuts utterances, an ASR backend (by default Moonshine searched inside the command grammar,
+installed by ``refavs-voice-models fetch``; pocketsphinx with the same grammar; the general
 pocketsphinx language model; or Whisper from a local directory) transcribes them, and only
 transcripts that are commands of the vocabulary, with the wake phrase when one is set and a
 confidence above the threshold, become :class:`VoiceCommand` s.

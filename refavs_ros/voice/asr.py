@@ -1,5 +1,7 @@
 """Speech recognisers behind one interface: pocketsphinx with the command grammar, pocketsphinx
-with its general language model, and Whisper from a local model directory.
+with its general language model, and Whisper from a local model directory; the default,
+Moonshine searched inside the grammar (``moonshine``), lives in :mod:`refavs_ros.voice.moonshine`
+and is built by :func:`build_backend` too.
 
 Every backend takes one utterance (16 kHz mono float32 in [-1, 1], as cut by the voice activity
 detector) and returns a :class:`Hypothesis`: normalised text and a confidence in [0, 1].

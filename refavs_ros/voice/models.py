@@ -137,8 +137,10 @@ def verify(model_dir: str | Path, name: str) -> list[str]:
         f = d / fname
         if not f.is_file():
             problems.append(f"{f} is missing")
-        elif file_sha256(f) != digest:
-            problems.append(f"{f} has SHA-256 {file_sha256(f)}, expected {digest}")
+            continue
+        actual = file_sha256(f)
+        if actual != digest:
+            problems.append(f"{f} has SHA-256 {actual}, expected {digest}")
     return problems
 
 

@@ -266,9 +266,12 @@ class UtteranceSegmenter:
         at most ``speech_pad_sec`` after the last speech window instead)."""
         if not self._active or not self._buf:
             return np.zeros(0, np.float32)
-        audio = np.concatenate(self._buf)
-        start = max(self._buf_start, self._onset - self._pad)
-        return audio[start - self._buf_start :]
+        return np.concatenate(self._buf)[self._pad_start() - self._buf_start :]
+
+    def _pad_start(self) -> int:
+        """Sample index where the utterance's audio starts: ``speech_pad_sec`` before the onset,
+        or the oldest buffered sample."""
+        return max(self._buf_start, self._onset - self._pad)
 
     def push(self, window: np.ndarray, prob: float) -> Segment | None:
         """Add the next window and its speech probability.
@@ -326,7 +329,7 @@ class UtteranceSegmenter:
     def _finish(self, truncated: bool) -> Segment | None:
         onset, end = self._onset, self._last_speech
         audio = np.concatenate(self._buf) if self._buf else np.zeros(0, np.float32)
-        pad_start = max(self._buf_start, onset - self._pad)
+        pad_start = self._pad_start()
         stop = min(self._buf_start + audio.size, end + self._pad)
         audio = audio[pad_start - self._buf_start : stop - self._buf_start]
         self._active = False

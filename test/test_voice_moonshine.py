@@ -313,10 +313,11 @@ def test_moonshine_recognises_commands_and_rejects_other_speech(moonshine):
              ("the first object to make a sound", "en-us+f2"), ("where is the red coloured cat", "en-us"),
              ("the one that never stops sounding", "en-us+m3")]
     ok = 0
+    sentences = Vocabulary.load().sentences()
     for i, (text, voice) in enumerate(texts):
         hyp = moonshine.transcribe(with_floor(say(text, voice), seed=i))
         assert 0.0 < hyp.confidence <= 1.0 and hyp.decode_sec > 0
-        assert moonshine.trie and hyp.text in Vocabulary.load().sentences()
+        assert moonshine.trie and hyp.text in sentences
         ok += hyp.text == normalise_text(text) and hyp.confidence >= RecognizerConfig.confidence_threshold
     assert ok >= 4, ok
     # speech that is no command: the grammar can only match it badly, far below the model's own

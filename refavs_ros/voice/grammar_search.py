@@ -78,7 +78,6 @@ class TokenTrie:
     def __init__(self, sentences: Iterable[str], encode: Callable[[str], list[int]], *,
                  forms: Callable[[str], list[str]] = surface_forms, prefixes: Sequence[str] = ()) -> None:
         self.root: dict = {}
-        self.size = 0
         count = 0
         for sentence in sentences:
             for full in [sentence] + [f"{p} {sentence}" for p in prefixes if p]:
@@ -88,16 +87,11 @@ class TokenTrie:
                         raise ConfigError(f"the tokenizer encodes command {text!r} to no tokens")
                     node = self.root
                     for t in ids:
-                        child = node.get(t)
-                        if child is None:
-                            child = node[t] = {}
-                            self.size += 1
-                        node = child
+                        node = node.setdefault(t, {})
                     node[END] = full
             count += 1
         if not count:
             raise ConfigError("the grammar has no sentences to search")
-        self.sentences = count
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.special import log_softmax
 
 from refavs_ros.errors import BackendUnavailableError, ConfigError, ModelLoadError
 from refavs_ros.voice.asr import SAMPLE_RATE, Hypothesis, _check_utterance
@@ -41,12 +42,6 @@ TOKENS_PER_SEC = 6.0
 """Token budget per second of audio, plus :data:`EXTRA_TOKENS` (the rule of Moonshine's own
 reference decoder: speech has far fewer than 6 tokens per second)."""
 EXTRA_TOKENS = 8
-
-
-def _softmax_log(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64, copy=False)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
 class MoonshineModel:
@@ -91,12 +86,10 @@ class MoonshineModel:
         if not kv or len(kv) % 4 or not isinstance(kv[0].shape[1], int) or not isinstance(kv[0].shape[3], int):
             raise ModelLoadError(f"{str(p / MODEL_FILES[1])!r} is not a merged Moonshine decoder "
                                  "(no past_key_values inputs with fixed heads and head size)")
-        self.layers = len(kv) // 4
         self.heads = int(kv[0].shape[1])
         self.head_dim = int(kv[0].shape[3])
         self.kv_names = [i.name for i in kv]
         self.out_names = [o.name for o in self.decoder.get_outputs()]
-        self.model_dir = p
 
     def encode(self, samples_16k: np.ndarray) -> np.ndarray:
         """Encoder states float32 (1, T, d) of float32 (N,) 16 kHz audio."""
@@ -106,10 +99,6 @@ class MoonshineModel:
         """Token ids of ``text`` (no start / end tokens)."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def decode_tokens(self, ids: list[int]) -> str:
-        """Text of token ids (special tokens skipped)."""
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
 
 class _Rows:
     """:class:`~refavs_ros.voice.grammar_search.StepDecoder` over one utterance's encoder states:
@@ -118,7 +107,6 @@ class _Rows:
     def __init__(self, model: MoonshineModel, states: np.ndarray) -> None:
         self.m = model
         self.states = states  # (1, T, d)
-        self.calls = 0
         self._shared: dict[int, dict[str, np.ndarray]] = {}  # rows -> the per-utterance inputs, repeated
 
     def begin(self) -> None:
@@ -148,7 +136,6 @@ class _Rows:
                 if ".decoder." in name:  # self-attention cache (B_prev, heads, S, head_dim): each row's parent
                     feed[name] = v[idx]
         out = self.m.decoder.run(None, feed)
-        self.calls += 1
         for name, v in zip(self.m.out_names[1:], out[1:]):
             key = name.replace("present.", "past_key_values.", 1)
             if ".decoder." in key:
@@ -156,7 +143,7 @@ class _Rows:
             elif self.first:
                 self.past[key] = v[:1]
         self.first = False
-        return _softmax_log(out[0][:, -1, :])
+        return log_softmax(out[0][:, -1, :].astype(np.float64), axis=-1)
 
 
 class MoonshineBackend:
@@ -201,7 +188,6 @@ class MoonshineBackend:
         self.beam = beam
         self.length_alpha = float(length_alpha)
         self.margin = float(margin)
-        self.last_greedy = ""
 
     def transcribe(self, samples_16k: np.ndarray) -> Hypothesis:
         """Recognise one utterance as the most likely grammar sentence.
@@ -226,7 +212,6 @@ class MoonshineBackend:
         budget = int(x.size / SAMPLE_RATE * TOKENS_PER_SEC) + EXTRA_TOKENS
         found = constrained_beam_search(rows, self.trie, start=START_TOKEN, eos=EOS_TOKEN, beam=self.beam,
                                         max_steps=budget, greedy=True, margin=self.margin)
-        self.last_greedy = normalise_text(self.model.decode_tokens(found.greedy_tokens))
         done = found.completions
         if not done:
             return Hypothesis("", 0.0, (), time.perf_counter() - t0)

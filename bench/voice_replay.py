@@ -88,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
            "load_avg": os.getloadavg(), "runs": {}}
     t0 = time.perf_counter()
     # the typed run does not depend on the recogniser, only on the bags and the weights
-    from refavs_ros.export.cache import file_sha256
-    from refavs_ros.resources import default_weights_path
+    from refavs_ros.resources import default_weights_path, file_sha256
 
     cache = work / f"typed_results-{file_sha256(default_weights_path())[:16]}.pkl"
     if cache.exists():

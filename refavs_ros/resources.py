@@ -53,13 +53,25 @@ def default_weights_path() -> Path:
     return find_shipped(f"models/{DEFAULT_WEIGHTS}")
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 (hex) of a file's bytes (keys TensorRT engines by their ONNX source; checks fetched voice models)."""
-    h = hashlib.sha256()
+def file_digest(path: str | Path, algorithm: str = "sha256") -> bytes:
+    """Digest of a file's bytes, read in 1-MiB blocks.
+
+    Args:
+        path: the file. algorithm: a :mod:`hashlib` name ("sha256", "sha512", ...).
+
+    Raises:
+        OSError: the file cannot be read. ValueError: unknown algorithm.
+    """
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+    return h.digest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes (keys TensorRT engines by their ONNX source; checks fetched voice models)."""
+    return file_digest(path, "sha256").hex()
 
 
 def default_cache_dir() -> Path:

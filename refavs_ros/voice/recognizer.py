@@ -245,9 +245,9 @@ class VoiceCommandRecognizer:
         cfg = self.config
         self.vocabulary = vocabulary or Vocabulary.load(cfg.vocabulary_path or None)
         self.wake = normalise_text(cfg.wake_phrase)
-        extra = {"threads": cfg.asr_threads} if cfg.backend == "moonshine" else {}
         self.backend = backend or build_backend(cfg.backend, self.vocabulary, wake_phrase=self.wake,
-                                                whisper_dir=cfg.whisper_dir, moonshine_dir=cfg.moonshine_dir, **extra)
+                                                whisper_dir=cfg.whisper_dir, moonshine_dir=cfg.moonshine_dir,
+                                                moonshine_threads=cfg.asr_threads)
         self.vad = vad or SileroVad(threads=cfg.vad_threads)
         self._decoding = False
         self._streaming = (all(hasattr(self.backend, m) for m in ("begin", "feed", "end", "cancel"))

@@ -29,7 +29,7 @@ from scipy.special import log_softmax
 
 from refavs_ros.errors import BackendUnavailableError, ConfigError, ModelLoadError
 from refavs_ros.voice.asr import SAMPLE_RATE, Hypothesis, _check_utterance
-from refavs_ros.voice.grammar_search import TokenTrie, constrained_beam_search
+from refavs_ros.voice.grammar_search import SearchResult, TokenTrie, constrained_beam_search
 from refavs_ros.voice.vocabulary import Vocabulary, normalise_text
 
 MODEL_FILES = ("encoder_model.onnx", "decoder_model_merged.onnx", "tokenizer.json")
@@ -114,6 +114,8 @@ class _Rows:
         self.past = {n: np.zeros((1, m.heads, 0, m.head_dim), np.float32) for n in m.kv_names}
         self.first = True
         self._shared = {}
+        self.start_past: dict[str, np.ndarray] = {}  # self-attention caches after the start token (1 row)
+        self.start_logp: np.ndarray | None = None  # (V,) log p(first token | start, audio)
 
     def advance(self, parents, tokens) -> np.ndarray:
         n = len(tokens)
@@ -140,10 +142,56 @@ class _Rows:
             key = name.replace("present.", "past_key_values.", 1)
             if ".decoder." in key:
                 self.past[key] = v
+                if self.first:
+                    self.start_past[key] = v
             elif self.first:
                 self.past[key] = v[:1]
+        logp = log_softmax(out[0][:, -1, :].astype(np.float64), axis=-1)
+        if self.first:
+            self.start_logp = logp[0]
         self.first = False
-        return log_softmax(out[0][:, -1, :].astype(np.float64), axis=-1)
+        return logp
+
+    def score(self, sequences: list[list[int]]) -> np.ndarray:
+        """Teacher-forced log-probabilities of whole token sequences (rescoring).
+
+        Runs after :meth:`begin` and at least the first :meth:`advance` (the start token),
+        whose caches it reuses: one batched decoder call scores every sequence, end token
+        included, without recomputing the cross-attention keys and values per row.
+
+        Args:
+            sequences: token ids without start / end token, each non-empty.
+
+        Returns:
+            float64 (len(sequences),): ``sum_t log p(y_t | y_<t, audio)`` over each sequence's
+            tokens and the end token (natural log).
+
+        Raises:
+            ValueError: no start step yet, or an empty sequence.
+        """
+        if self.start_logp is None:
+            raise ValueError("score() needs the start step: call begin() and advance([0], [START_TOKEN]) first")
+        if not sequences or any(len(q) == 0 for q in sequences):
+            raise ValueError("score() needs non-empty token sequences")
+        n = len(sequences)
+        width = max(len(q) for q in sequences)
+        ids = np.full((n, width), EOS_TOKEN, np.int64)  # padded after each sequence: causal, so harmless
+        for i, q in enumerate(sequences):
+            ids[i, : len(q)] = q
+        feed = {"input_ids": ids, "use_cache_branch": np.array([True]),
+                "encoder_hidden_states": np.repeat(self.states, n, axis=0)}
+        for name, v in self.past.items():
+            if ".encoder." in name:
+                feed[name] = np.repeat(v[:1], n, axis=0)
+        for name, v in self.start_past.items():
+            feed[name] = np.repeat(v, n, axis=0)
+        logits = self.m.decoder.run(None, feed)[0]  # (n, width, V)
+        out = np.empty(n)
+        for i, q in enumerate(sequences):
+            lp = log_softmax(logits[i, : len(q)].astype(np.float64), axis=-1)  # row t predicts token t + 1
+            targets = list(q[1:]) + [EOS_TOKEN]
+            out[i] = self.start_logp[q[0]] + lp[np.arange(len(q)), targets].sum()
+        return out
 
 
 class MoonshineBackend:
@@ -189,6 +237,21 @@ class MoonshineBackend:
         self.length_alpha = float(length_alpha)
         self.margin = float(margin)
 
+    def search(self, samples_16k: np.ndarray) -> tuple[SearchResult, _Rows]:
+        """The grammar beam search of one utterance, and the decoder rows (for rescoring
+        other sentences with :meth:`_Rows.score`).
+
+        Args:
+            samples_16k: float32 (N,) 16 kHz mono, N >= 1600 (checked by the callers);
+                only the first 64 s are used.
+        """
+        x = samples_16k[: 64 * SAMPLE_RATE]
+        rows = _Rows(self.model, self.model.encode(x))
+        budget = int(x.size / SAMPLE_RATE * TOKENS_PER_SEC) + EXTRA_TOKENS
+        found = constrained_beam_search(rows, self.trie, start=START_TOKEN, eos=EOS_TOKEN, beam=self.beam,
+                                        max_steps=budget, greedy=True, margin=self.margin)
+        return found, rows
+
     def transcribe(self, samples_16k: np.ndarray) -> Hypothesis:
         """Recognise one utterance as the most likely grammar sentence.
 
@@ -207,11 +270,7 @@ class MoonshineBackend:
         x = _check_utterance(samples_16k)
         if x.size < SAMPLE_RATE // 10:
             return Hypothesis("", 0.0, (), time.perf_counter() - t0)
-        x = x[: 64 * SAMPLE_RATE]
-        rows = _Rows(self.model, self.model.encode(x))
-        budget = int(x.size / SAMPLE_RATE * TOKENS_PER_SEC) + EXTRA_TOKENS
-        found = constrained_beam_search(rows, self.trie, start=START_TOKEN, eos=EOS_TOKEN, beam=self.beam,
-                                        max_steps=budget, greedy=True, margin=self.margin)
+        found, _ = self.search(x)
         done = found.completions
         if not done:
             return Hypothesis("", 0.0, (), time.perf_counter() - t0)

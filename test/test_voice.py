@@ -767,7 +767,7 @@ def test_voice_node_yaml_matches_the_parameter_schema():
     for spec in VOICE_NODE_PARAMETERS:
         assert values[spec.name] == spec.default and type(values[spec.name]) is type(spec.default), spec.name
     config, msg_type, rate, channels = recognizer_config_from_params(values)
-    assert config.backend == "moonshine" and msg_type == "AudioStamped" and (rate, channels) == (16000, 1)
+    assert config.backend == "fusion" and msg_type == "AudioStamped" and (rate, channels) == (16000, 1)
     with pytest.raises(ConfigError, match="confidence_threshold"):
         recognizer_config_from_params({**values, "confidence_threshold": 3.0})
 

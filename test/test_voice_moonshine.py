@@ -29,6 +29,7 @@ from refavs_ros.voice import (
     VoiceCommandRecognizer,
     normalise_text,
 )
+from refavs_ros.voice.recognizer import DEFAULT_CONFIDENCE_THRESHOLD
 from refavs_ros.voice.grammar_search import (
     END,
     TokenTrie,
@@ -318,7 +319,7 @@ def test_moonshine_recognises_commands_and_rejects_other_speech(moonshine):
         hyp = moonshine.transcribe(with_floor(say(text, voice), seed=i))
         assert 0.0 < hyp.confidence <= 1.0 and hyp.decode_sec > 0
         assert moonshine.trie and hyp.text in sentences
-        ok += hyp.text == normalise_text(text) and hyp.confidence >= RecognizerConfig.confidence_threshold
+        ok += hyp.text == normalise_text(text) and hyp.confidence >= DEFAULT_CONFIDENCE_THRESHOLD
     assert ok >= 4, ok
     # speech that is no command: the grammar can only match it badly, far below the model's own
     # transcript (measured: 0.02-0.07, and 0.17 for "hello there how are you", which is why the
@@ -326,14 +327,14 @@ def test_moonshine_recognises_commands_and_rejects_other_speech(moonshine):
     others = ("hello there how are you", "what time is it now", "please open the window", "turn off the lights",
               "thank you very much", "bring me the newspaper")
     confs = [moonshine.transcribe(with_floor(say(text), seed=10 + i)).confidence for i, text in enumerate(others)]
-    assert sum(c >= RecognizerConfig.confidence_threshold for c in confs) <= 1, confs
+    assert sum(c >= DEFAULT_CONFIDENCE_THRESHOLD for c in confs) <= 1, confs
     assert np.median(confs) < 0.05, confs
 
 
 def test_moonshine_noise_short_and_bad_input(moonshine):
     rng = np.random.default_rng(3)
     hyp = moonshine.transcribe((0.1 * rng.standard_normal(2 * RATE)).astype(np.float32))
-    assert hyp.confidence < RecognizerConfig.confidence_threshold
+    assert hyp.confidence < DEFAULT_CONFIDENCE_THRESHOLD
     assert moonshine.transcribe(np.zeros(RATE // 20, np.float32)).text == ""  # < 0.1 s
     with pytest.raises(InputError, match="NaN"):
         moonshine.transcribe(np.full(RATE, np.nan, np.float32))

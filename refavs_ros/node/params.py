@@ -208,15 +208,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # in-process voice commands (issue 9; refavs_ros.node.voice)
     ParamSpec("voice_commands", False, "recognise spoken commands from the audio topic in-process "
               "(VAD + ASR); a recognised command replaces the command in force", CONFIGURE),
-    ParamSpec("voice_backend", "moonshine", "speech recogniser: moonshine | grammar | pocketsphinx | whisper",
-              CONFIGURE, choices=("moonshine", "grammar", "pocketsphinx", "whisper")),
+    ParamSpec("voice_backend", "fusion", "speech recogniser: fusion | moonshine | grammar | pocketsphinx | whisper",
+              CONFIGURE, choices=("fusion", "moonshine", "grammar", "pocketsphinx", "whisper")),
     ParamSpec("voice_vocabulary_path", "", "command vocabulary YAML; empty = the shipped one", CONFIGURE),
     ParamSpec("voice_whisper_dir", "", "local Whisper model directory (voice_backend whisper)", CONFIGURE),
-    ParamSpec("voice_moonshine_dir", "", "Moonshine model directory (voice_backend moonshine); empty = the "
+    ParamSpec("voice_moonshine_dir", "", "Moonshine model directory (voice_backend fusion / moonshine); empty = the "
               "one refavs-voice-models fetch installs", CONFIGURE),
+    ParamSpec("voice_rescore_dir", "", "Moonshine-tiny directory (voice_backend fusion); empty = the one "
+              "refavs-voice-models fetch installs", CONFIGURE),
     ParamSpec("voice_wake_phrase", "", "words a spoken command must start with; empty = none", CONFIGURE),
-    ParamSpec("voice_confidence_threshold", 0.1, "minimum recogniser confidence of a voice command",
-              CONFIGURE, 0.0, 1.0),
+    ParamSpec("voice_confidence_threshold", -1.0, "minimum recogniser confidence of a voice command; "
+              "negative = the backend's own (fusion 0.4, others 0.1)", CONFIGURE, -1.0, 1.0),
     ParamSpec("voice_suppression", "zero", "the command utterance in the audio memory: zero, attenuate "
               "or off (the speaker is not the sounding object)", CONFIGURE,
               choices=("zero", "attenuate", "off")),
@@ -362,6 +364,7 @@ class NodeSettings:
     voice_vocabulary_path: str
     voice_whisper_dir: str
     voice_moonshine_dir: str
+    voice_rescore_dir: str
     voice_wake_phrase: str
     voice_confidence_threshold: float
     voice_suppression: str

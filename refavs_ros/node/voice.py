@@ -153,23 +153,26 @@ def _voice_parameters():
     from refavs_ros.voice.asr import BACKENDS
 
     return (
-        ParamSpec("backend", "moonshine", "speech recogniser: moonshine (Moonshine searched inside the "
-                  "vocabulary's sentences; refavs-voice-models fetch), grammar (pocketsphinx + the vocabulary's "
+        ParamSpec("backend", "fusion", "speech recogniser: fusion (Moonshine-base and pocketsphinx candidates "
+                  "rescored with Moonshine-tiny; refavs-voice-models fetch), moonshine (Moonshine searched inside the "
+                  "vocabulary's sentences), grammar (pocketsphinx + the vocabulary's "
                   "JSGF grammar), pocketsphinx (general language model), whisper (local model directory)",
                   CONFIGURE, choices=BACKENDS),
         ParamSpec("vocabulary_path", "", "command vocabulary YAML; empty = the shipped "
                   "config/voice_vocabulary.yaml", CONFIGURE),
         ParamSpec("whisper_dir", "", "local Whisper model directory (save_pretrained layout; backend whisper)",
                   CONFIGURE),
-        ParamSpec("moonshine_dir", "", "Moonshine model directory (backend moonshine); empty = the one "
+        ParamSpec("moonshine_dir", "", "Moonshine model directory (backends fusion, moonshine); empty = the one "
+                  "refavs-voice-models fetch installs", CONFIGURE),
+        ParamSpec("rescore_dir", "", "Moonshine-tiny directory that rescores (backend fusion); empty = the one "
                   "refavs-voice-models fetch installs", CONFIGURE),
         ParamSpec("wake_phrase", "", "words a command must start with (removed from the command); empty = none",
                   CONFIGURE),
         ParamSpec("match", "", "open-vocabulary backends: grammar (a sentence of the vocabulary), vocabulary "
                   "(mentions an object noun) or any; empty = grammar", CONFIGURE,
                   choices=("", "grammar", "vocabulary", "any")),
-        ParamSpec("confidence_threshold", 0.1, "minimum recogniser confidence of a published command",
-                  DYNAMIC, 0.0, 1.0),
+        ParamSpec("confidence_threshold", -1.0, "minimum recogniser confidence of a published command; "
+                  "negative = the backend's own (fusion: 0.4 from its scorer file; others 0.1)", DYNAMIC, -1.0, 1.0),
         ParamSpec("vad_threshold", 0.5, "silero-vad speech probability that starts an utterance", CONFIGURE,
                   0.01, 0.99),
         ParamSpec("min_speech_sec", 0.25, "utterances with less speech (s) are ignored", CONFIGURE, 0.0, 10.0),
@@ -177,9 +180,9 @@ def _voice_parameters():
                   CONFIGURE, 0.05, 5.0),
         ParamSpec("max_utterance_sec", 10.0, "utterances are cut and recognised at this length (s)", CONFIGURE,
                   1.0, 30.0),
-        ParamSpec("speculative_sec", 0.1, "pause (s) after which backend moonshine starts recognising the "
+        ParamSpec("speculative_sec", 0.1, "pause (s) after which backends fusion / moonshine start recognising the "
                   "utterance so far, while the VAD waits out min_silence_sec; 0 = off", CONFIGURE, 0.0, 5.0),
-        ParamSpec("asr_threads", 2, "onnxruntime threads of backend moonshine", CONFIGURE, 1, 64),
+        ParamSpec("asr_threads", 2, "onnxruntime threads of backends fusion / moonshine", CONFIGURE, 1, 64),
         ParamSpec("audio_msg_type", "AudioStamped", "audio message type on the audio topic "
                   "(audio_common_msgs/<type>)", CONFIGURE, choices=AUDIO_MSG_TYPES),
         ParamSpec("audio_sample_rate", 16000, "sample rate (Hz) of ros-drivers AudioData(Stamped) input",
@@ -217,7 +220,8 @@ def recognizer_config_from_params(values: dict) -> tuple[Any, str, int, int]:
                     min_silence_sec=v["min_silence_sec"], speech_pad_sec=min(VadConfig.speech_pad_sec, v["min_silence_sec"]),
                     max_utterance_sec=v["max_utterance_sec"])
     config = RecognizerConfig(backend=v["backend"], vocabulary_path=v["vocabulary_path"], whisper_dir=v["whisper_dir"],
-                              moonshine_dir=v["moonshine_dir"], wake_phrase=v["wake_phrase"], confidence_threshold=v["confidence_threshold"],
+                              moonshine_dir=v["moonshine_dir"], rescore_dir=v["rescore_dir"], wake_phrase=v["wake_phrase"],
+                              confidence_threshold=v["confidence_threshold"],
                               match=v["match"], vad=vad, speculative_sec=v["speculative_sec"],
                               asr_threads=v["asr_threads"]).validated()
     return config, v["audio_msg_type"], v["audio_sample_rate"], v["audio_channels"]
@@ -253,6 +257,7 @@ def voice_stage_from_settings(settings, on_transcript=None) -> VoiceStage | None
 
     config = RecognizerConfig(backend=settings.voice_backend, vocabulary_path=settings.voice_vocabulary_path,
                               whisper_dir=settings.voice_whisper_dir, moonshine_dir=settings.voice_moonshine_dir,
+                              rescore_dir=settings.voice_rescore_dir,
                               wake_phrase=settings.voice_wake_phrase,
                               confidence_threshold=settings.voice_confidence_threshold)
     recognizer = VoiceCommandRecognizer(config, on_transcript=on_transcript)

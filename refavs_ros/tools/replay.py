@@ -787,12 +787,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recognise the command from the bag's audio (refavs_ros.voice; the command topic is "
                         "ignored) and report exact match, WER, utterance end -> command latency and false "
                         "commands against scene_info's spoken_command")
-    p.add_argument("--voice-backend", default="moonshine",
-                   help="voice ASR backend: moonshine (default), grammar, pocketsphinx, whisper")
+    p.add_argument("--voice-backend", default="fusion",
+                   help="voice ASR backend: fusion (default), moonshine, grammar, pocketsphinx, whisper")
     p.add_argument("--voice-vocabulary", default="", help="voice vocabulary YAML (default: the shipped one)")
     p.add_argument("--whisper-dir", default="", help="local Whisper model directory (--voice-backend whisper)")
     p.add_argument("--moonshine-dir", default="",
-                   help="Moonshine model directory (--voice-backend moonshine; default: refavs-voice-models fetch's)")
+                   help="Moonshine model directory (--voice-backend fusion / moonshine; default: refavs-voice-models "
+                        "fetch's)")
+    p.add_argument("--rescore-dir", default="",
+                   help="Moonshine-tiny directory (--voice-backend fusion; default: refavs-voice-models fetch's)")
     p.add_argument("--voice-suppression", default="zero", choices=("zero", "attenuate", "off"),
                    help="what the command utterance becomes in the audio memory (default zero)")
     p.add_argument("--voice-attenuation-db", type=float, default=30.0, help="dB of --voice-suppression attenuate")
@@ -812,7 +815,8 @@ def build_voice(args: argparse.Namespace) -> Any:
     from refavs_ros.voice import RecognizerConfig, VoiceCommandRecognizer
 
     rec = VoiceCommandRecognizer(RecognizerConfig(backend=args.voice_backend, vocabulary_path=args.voice_vocabulary,
-                                                  whisper_dir=args.whisper_dir, moonshine_dir=args.moonshine_dir))
+                                                  whisper_dir=args.whisper_dir, moonshine_dir=args.moonshine_dir,
+                                                  rescore_dir=args.rescore_dir))
     return VoiceStage(rec, VoiceOptions(suppression=args.voice_suppression,
                                         attenuation_db=args.voice_attenuation_db))
 
@@ -871,11 +875,15 @@ def main(argv: list[str] | None = None) -> int:
         predictor = build_predictor(args)
         from tqdm import tqdm
 
-        with tqdm(total=0, desc=PROG, unit="frame", disable=args.no_progress, file=sys.stderr) as bar:
-            summary, _ = replay(
-                args.bag, predictor, options=options, output=args.output, storage=args.storage,
-                overlay_dir=args.overlay_dir, progress=bar, voice=voice,
-            )
+        try:
+            with tqdm(total=0, desc=PROG, unit="frame", disable=args.no_progress, file=sys.stderr) as bar:
+                summary, _ = replay(
+                    args.bag, predictor, options=options, output=args.output, storage=args.storage,
+                    overlay_dir=args.overlay_dir, progress=bar, voice=voice,
+                )
+        finally:
+            if voice is not None:
+                voice.close()  # the recogniser's worker thread and process
         print(format_summary(summary))
         if args.metrics_json:
             target = Path(args.metrics_json)

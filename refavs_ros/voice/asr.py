@@ -43,7 +43,7 @@ from refavs_ros.errors import (
 )
 from refavs_ros.voice.vocabulary import Vocabulary, normalise_text
 
-BACKENDS = ("grammar", "moonshine", "pocketsphinx", "whisper")
+BACKENDS = ("fusion", "grammar", "moonshine", "pocketsphinx", "whisper")
 """Names accepted by :func:`build_backend`."""
 
 CMN_MODES = ("utterance", "live", "batch")
@@ -702,7 +702,8 @@ class WhisperBackend:
 
 
 def build_backend(name: str, vocabulary: Vocabulary, *, wake_phrase: str = "", whisper_dir: str | Path = "",
-                  moonshine_dir: str | Path = "", moonshine_threads: int = 1, **kwargs) -> AsrBackend:
+                  moonshine_dir: str | Path = "", moonshine_threads: int = 1, rescore_dir: str | Path = "",
+                  **kwargs) -> AsrBackend:
     """Create a backend by name.
 
     Args:
@@ -711,9 +712,11 @@ def build_backend(name: str, vocabulary: Vocabulary, *, wake_phrase: str = "", w
             pronunciations for ``pocketsphinx``).
         wake_phrase: optional wake phrase (grammar backends: optional leading words).
         whisper_dir: local Whisper model directory (``whisper`` only).
-        moonshine_dir: Moonshine model directory (``moonshine`` only; "" = the default one,
-            :func:`refavs_ros.voice.models.default_model_dir`).
-        moonshine_threads: onnxruntime intra-op threads (``moonshine`` only).
+        moonshine_dir: Moonshine model directory (``moonshine`` and ``fusion``; "" = the
+            default one, :func:`refavs_ros.voice.models.default_model_dir`).
+        moonshine_threads: onnxruntime intra-op threads (``moonshine`` and ``fusion``).
+        rescore_dir: the rescoring Moonshine-tiny directory (``fusion`` only; "" = the
+            installed ``moonshine-tiny``).
         **kwargs: passed to the backend's constructor.
 
     Raises:
@@ -721,6 +724,11 @@ def build_backend(name: str, vocabulary: Vocabulary, *, wake_phrase: str = "", w
     """
     if name == "grammar":
         return GrammarBackend(vocabulary, wake_phrase, **kwargs)
+    if name == "fusion":
+        from refavs_ros.voice.fusion import FusionBackend
+
+        return FusionBackend(vocabulary, moonshine_dir, rescore_dir=rescore_dir, wake_phrase=wake_phrase,
+                             threads=moonshine_threads, **kwargs)
     if name == "moonshine":
         from refavs_ros.voice.moonshine import MoonshineBackend
 

@@ -98,6 +98,9 @@ MODELS: dict[str, ModelSource] = {
 
 DEFAULT_MODEL = "moonshine-base"
 """The model the ``moonshine`` backend uses when no directory is given."""
+DEFAULT_MODELS = ("moonshine-base", "moonshine-tiny")
+"""What the default ``fusion`` backend needs (base searches, tiny rescores): ``refavs-voice-models
+fetch`` without a name installs these."""
 
 
 def models_root() -> Path:

@@ -4,7 +4,7 @@ Usage::
 
     from refavs_ros.voice import RecognizerConfig, VoiceCommandRecognizer
 
-    rec = VoiceCommandRecognizer(RecognizerConfig())          # silero-vad + Moonshine in the grammar
+    rec = VoiceCommandRecognizer(RecognizerConfig())          # silero-vad + the fusion backend
     for stamp_ns, samples in chunks:                           # same chunks as the predictor
         for cmd in rec.push_audio(stamp_ns, samples, 16000):   # any rate / channels
             predictor.set_command(cmd.text)                    # cmd.start_ns / end_ns: the speech
@@ -24,7 +24,7 @@ stream is at ``stamp + i * 1e9 / rate``. A stamp that jumps back, or forward by 
 progress is recognised first when the jump is forward).
 
 Speculative recognition (``speculative_sec``, backends that recognise whole utterances such as
-``moonshine``): once the speech has paused for ``speculative_sec``, the utterance so far is
+``moonshine``, ``fusion``): once the speech has paused for ``speculative_sec``, the utterance so far is
 recognised on a worker thread while the VAD waits out ``min_silence_sec``; if the utterance then
 ends without more speech, that result is used, so the recogniser's time overlaps the wait
 instead of following it (the classic early-endpointing trade of streaming ASR). Every call of
@@ -66,6 +66,10 @@ SILENCE_DBFS = -60.0
 """Peak level (dBFS) under which a clip is silence only."""
 
 _NS = 1_000_000_000
+
+
+DEFAULT_CONFIDENCE_THRESHOLD = 0.1
+"""Threshold of backends without their own (``moonshine``'s likelihood ratio was tuned to it)."""
 
 
 @dataclass(frozen=True)
@@ -126,17 +130,24 @@ class RecognizerConfig:
     """Settings of :class:`VoiceCommandRecognizer`.
 
     Attributes:
-        backend: ASR backend, one of :data:`~refavs_ros.voice.asr.BACKENDS`: ``moonshine``
-            (default; Moonshine searched inside the grammar, needs ``refavs-voice-models
-            fetch``), ``grammar`` (pocketsphinx with the grammar, shipped with its wheel),
+        backend: ASR backend, one of :data:`~refavs_ros.voice.asr.BACKENDS`: ``fusion``
+            (default; Moonshine-base and pocketsphinx candidates rescored with Moonshine-tiny,
+            :mod:`refavs_ros.voice.fusion`; needs ``refavs-voice-models fetch``), ``moonshine``
+            (Moonshine-base searched inside the grammar alone), ``grammar`` (pocketsphinx with
+            the grammar, shipped with its wheel),
             ``pocketsphinx`` (general language model), ``whisper`` (local directory).
         vocabulary_path: vocabulary YAML; "" = the shipped ``config/voice_vocabulary.yaml``.
         whisper_dir: local Whisper model directory (backend ``whisper``).
-        moonshine_dir: Moonshine model directory (backend ``moonshine``); "" = the default
+        moonshine_dir: Moonshine model directory (backends ``moonshine``, ``fusion``); "" = the default
             (:func:`refavs_ros.voice.models.default_model_dir`).
         wake_phrase: when set (e.g. "robot"), a command must start with it; it is removed
             from the command text.
-        confidence_threshold: minimum confidence in [0, 1] of an accepted command.
+        rescore_dir: the rescoring Moonshine-tiny directory (backend ``fusion``); "" = the
+            installed ``moonshine-tiny``.
+        confidence_threshold: minimum confidence in [0, 1] of an accepted command; a negative
+            value = the backend's own calibrated threshold (its ``confidence_threshold``
+            attribute: ``fusion`` reads it from its scorer file, 0.4 as shipped), else
+            :data:`DEFAULT_CONFIDENCE_THRESHOLD`.
         match: one of :data:`MATCH_MODES`, or "" = ``grammar`` (for every backend).
         vad: voice activity detection settings.
         max_gap_sec: a stamp discontinuity larger than this (s) starts a new stream.
@@ -148,12 +159,13 @@ class RecognizerConfig:
             only between an utterance's end and its command).
     """
 
-    backend: str = "moonshine"
+    backend: str = "fusion"
     vocabulary_path: str = ""
     whisper_dir: str = ""
     moonshine_dir: str = ""
+    rescore_dir: str = ""
     wake_phrase: str = ""
-    confidence_threshold: float = 0.1
+    confidence_threshold: float = -1.0
     match: str = ""
     vad: VadConfig = field(default_factory=VadConfig)
     max_gap_sec: float = 0.1
@@ -170,8 +182,9 @@ class RecognizerConfig:
         """
         if self.backend not in BACKENDS:
             raise ConfigError(f"voice backend must be one of {BACKENDS}, got {self.backend!r}")
-        if not 0.0 <= float(self.confidence_threshold) <= 1.0:
-            raise ConfigError(f"confidence_threshold must be in [0, 1], got {self.confidence_threshold!r}")
+        if not (0.0 <= float(self.confidence_threshold) <= 1.0 or float(self.confidence_threshold) < 0.0):
+            raise ConfigError(f"confidence_threshold must be in [0, 1] (or negative: the backend's own), "
+                              f"got {self.confidence_threshold!r}")
         if self.match and self.match not in MATCH_MODES:
             raise ConfigError(f"match must be one of {MATCH_MODES} (or empty), got {self.match!r}")
         if not 0.0 < float(self.max_gap_sec) <= 10.0:
@@ -247,7 +260,8 @@ class VoiceCommandRecognizer:
         self.wake = normalise_text(cfg.wake_phrase)
         self.backend = backend or build_backend(cfg.backend, self.vocabulary, wake_phrase=self.wake,
                                                 whisper_dir=cfg.whisper_dir, moonshine_dir=cfg.moonshine_dir,
-                                                moonshine_threads=cfg.asr_threads)
+                                                moonshine_threads=cfg.asr_threads, rescore_dir=cfg.rescore_dir)
+        self._owns_backend = backend is None
         self.vad = vad or SileroVad(threads=cfg.vad_threads)
         self._decoding = False
         self._streaming = (all(hasattr(self.backend, m) for m in ("begin", "feed", "end", "cancel"))
@@ -283,13 +297,25 @@ class VoiceCommandRecognizer:
         self._speculation = (key, self._submit(seg.provisional()))
         self.stats["speculations"] += 1
 
+    @property
+    def confidence_threshold(self) -> float:
+        """The threshold in force: the configured one, or the backend's own when the configured
+        one is negative (:class:`RecognizerConfig`)."""
+        thr = float(self.config.confidence_threshold)
+        if thr >= 0.0:
+            return thr
+        return float(getattr(self.backend, "confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD))
+
     def close(self) -> None:
-        """Stop the worker thread (after the job in progress). The recogniser can still be used:
-        the next utterance starts a new worker."""
+        """Stop the worker thread (after the job in progress) and the backend's helpers (the
+        ``fusion`` backend's pocketsphinx process) when this recogniser built the backend. The
+        recogniser can still be used: the next utterance starts them again."""
         self._speculation = None
         if self._worker is not None:
             self._worker.shutdown(wait=True, cancel_futures=True)
             self._worker = None
+        if self._owns_backend and hasattr(self.backend, "close"):
+            self.backend.close()
 
     # ------------------------------------------------------------------------------ stream
 
@@ -506,7 +532,7 @@ class VoiceCommandRecognizer:
             ok = True
         if not ok:
             return Transcript(accepted=False, reason="not a command", **common)
-        if hyp.confidence < cfg.confidence_threshold:
+        if hyp.confidence < self.confidence_threshold:
             return Transcript(accepted=False, reason="low confidence", **common)
         cmd = VoiceCommand(command, float(hyp.confidence), start_ns, end_ns)
         return Transcript(accepted=True, reason="accepted", command=cmd, **common)

@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         exact = 0
         errs = words = 0
         lat = []
+        lat_detail = []
         extra = 0
         none = 0
         per_voice: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             sc = spoken.meta["spoken_command"]
             audio_sec += spoken.audio.size / spoken.sample_rate
             heard.clear()
+            hits, specs = rec.stats["speculation_hits"], rec.stats["speculations"]
             cmds = run_scene(rec, spoken, realtime=args.realtime)
             for tr in heard:
                 reasons[tr.reason] += 1
@@ -183,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             first_ok = next(((c, t) for c, t in cmds if c.text.split() == ref), None)
             if first_ok is not None:
                 lat.append((first_ok[1] - sc["end_ns"]) / 1e6)
+                tr = next((t for t in heard if t.command is first_ok[0]), None)
+                lat_detail.append({"scene": spoken.scene_id, "ms": round(lat[-1], 1),
+                                   "decode_ms": round(1000 * tr.decode_sec, 1) if tr else None,
+                                   "speculations": rec.stats["speculations"] - specs,
+                                   "speculation_hits": rec.stats["speculation_hits"] - hits})
             extra += len(cmds) - (1 if first_ok is not None else 0)
             if not ok:
                 misses.append({"scene": spoken.scene_id, "ref": " ".join(ref), "got": [c.text for c, _ in cmds],
@@ -196,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             "latency_ms_p50": float(np.percentile(lat, 50)) if lat else None,
             "latency_ms_p95": float(np.percentile(lat, 95)) if lat else None,
             "latency_ms_max": float(np.max(lat)) if lat else None,
+            "latency_detail": lat_detail,
             "real_time_factor": wall / audio_sec, "per_voice": {k: v[0] / v[1] for k, v in sorted(per_voice.items())},
             "transcript_reasons": dict(reasons), "misses": misses,
         }

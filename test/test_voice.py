@@ -242,7 +242,8 @@ class _LengthBackend(_FakeBackend):
 
 def test_speculative_recognition_starts_in_the_pause_and_is_used(vocab):
     backend = _LengthBackend(0.0)
-    rec = VoiceCommandRecognizer(RecognizerConfig(), backend=backend, vocabulary=vocab, vad=_energy_vad)
+    rec = VoiceCommandRecognizer(RecognizerConfig(speculative_sec=0.1), backend=backend, vocabulary=vocab,
+                                 vad=_energy_vad)
     x = _burst_stream([(0.5, 1.5)], total_sec=3.0)
     cmds, calls_at_end = [], None
     for i in range(0, len(x), 512):
@@ -266,6 +267,46 @@ def test_speculation_is_dropped_when_speech_resumes(vocab):
     assert [c.text for c in cmds] == ["the red cup"]  # the whole utterance, not the stale guess "the bell"
     assert len(backend.calls) == 2 and backend.calls[0] < 1.8 * RATE <= backend.calls[1]
     assert rec.stats["speculations"] == 2 and rec.stats["speculation_hits"] == 1
+
+
+class _SlowCancellable(_LengthBackend):
+    """Takes up to 2 s per utterance unless cancelled, checking its event like the Moonshine search."""
+
+    cancellable = True
+
+    def __init__(self, long_sec: float) -> None:
+        super().__init__(long_sec)
+        self.cancelled = []
+
+    def transcribe(self, samples_16k, cancel=None):
+        import time as _time
+
+        from refavs_ros.voice.asr import RecognitionCancelled
+
+        t_end = _time.monotonic() + 2.0
+        while _time.monotonic() < t_end and samples_16k.size < self.long:
+            if cancel is not None and cancel.is_set():
+                self.cancelled.append(samples_16k.size)
+                raise RecognitionCancelled("stale")
+            _time.sleep(0.005)
+        return super().transcribe(samples_16k)
+
+
+def test_a_stale_speculation_is_stopped_not_waited_for(vocab):
+    import time as _time
+
+    backend = _SlowCancellable(1.8)  # the guess of the first 1.5 s would take 2 s; the whole utterance is quick
+    rec = VoiceCommandRecognizer(RecognizerConfig(), backend=backend, vocabulary=vocab, vad=_energy_vad)
+    x = _burst_stream([(0.5, 1.5), (1.7, 2.2)], total_sec=4.0)
+    t0 = _time.monotonic()
+    cmds = []
+    for i in range(0, len(x), 512):
+        cmds += rec.push_audio(T0 + round(i * 1e9 / RATE), x[i : i + 512], RATE)
+        _time.sleep(0.002)  # let the worker thread start the guess
+    assert [c.text for c in cmds] == ["the red cup"]
+    assert len(backend.cancelled) == 1 and backend.cancelled[0] < 1.8 * RATE  # the stale guess stopped early
+    assert _time.monotonic() - t0 < 1.8  # not the 2 s the guess would have taken
+    rec.close()
 
 
 def test_speculation_off_recognises_the_final_segment(vocab):

@@ -235,14 +235,18 @@ def test_fusion_noise_short_and_bad_input(fusion):
 
 
 def test_pocketsphinx_worker_process_survives_being_killed():
+    """A worker that dies costs one utterance pocketsphinx's candidate, nothing more."""
     p = PocketsphinxProposer(Vocabulary.load())
     try:
         x = say("the cup on the left")
         assert p.result(p.submit(x)) == "the cup on the left"
-        for proc in list(p._pool._processes.values()):
-            proc.kill()
-        assert p.result(p.submit(x)) == ""  # that utterance goes without pocketsphinx's opinion
-        assert p.failures == 1
+        p._proc.kill()
+        p._proc.wait()
+        assert p.result(p.submit(x)) == "the cup on the left"  # a dead worker is replaced before sending
+        job = p.submit(x)
+        p._proc.kill()  # dies with the utterance in it
+        assert p.result(job) == ""  # that utterance goes without pocketsphinx's opinion
+        assert p.failures == 1 and "exited" in p.last_error
         assert p.result(p.submit(x)) == "the cup on the left"  # a new worker
     finally:
         p.close()
@@ -258,6 +262,30 @@ def test_fusion_from_the_recogniser_and_missing_models_named(tmp_path):
     x = np.concatenate([np.zeros(RATE, np.float32), say("show me the cup"), np.zeros(RATE, np.float32)])
     cmds = rec.recognize(x, RATE)
     assert [c.text for c in cmds] == ["show me the cup"]
-    assert rec.backend.proposer._pool is not None  # pocketsphinx ran in its worker process
+    proc = rec.backend.proposer._proc
+    assert proc is not None and proc.poll() is None  # pocketsphinx ran in its worker process
     rec.close()
-    assert rec.backend.proposer._pool is None  # the recogniser built the backend: close() stops the worker
+    assert rec.backend.proposer._proc is None and proc.poll() is not None  # close() stopped the worker
+
+
+def test_cancelled_fusion_stops_and_keeps_the_worker_in_step():
+    """A cancelled utterance raises RecognitionCancelled; pocketsphinx's answer to it is still read,
+    so the next utterance gets its own answer, not the stale one."""
+    import threading
+
+    from refavs_ros.voice.asr import RecognitionCancelled
+    from refavs_ros.voice.fusion import FusionBackend
+
+    _installed("moonshine-base")
+    _installed("moonshine-tiny")
+    b = FusionBackend(Vocabulary.load(), warm_up=False)
+    try:
+        stop = threading.Event()
+        stop.set()
+        with pytest.raises(RecognitionCancelled):
+            b.transcribe(say("the bell on the right"), cancel=stop)
+        c = b.candidates(say("show me the cup"))
+        assert c.texts[int(np.argmax(c.pocketsphinx))] == "show me the cup" and c.pocketsphinx.sum() == 1.0
+        assert b.proposer.failures == 0
+    finally:
+        b.close()

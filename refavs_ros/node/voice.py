@@ -180,9 +180,10 @@ def _voice_parameters():
                   CONFIGURE, 0.05, 5.0),
         ParamSpec("max_utterance_sec", 10.0, "utterances are cut and recognised at this length (s)", CONFIGURE,
                   1.0, 30.0),
-        ParamSpec("speculative_sec", 0.1, "pause (s) after which backends fusion / moonshine start recognising the "
+        ParamSpec("speculative_sec", 0.05, "pause (s) after which backends fusion / moonshine start recognising the "
                   "utterance so far, while the VAD waits out min_silence_sec; 0 = off", CONFIGURE, 0.0, 5.0),
-        ParamSpec("asr_threads", 2, "onnxruntime threads of backends fusion / moonshine", CONFIGURE, 1, 64),
+        ParamSpec("asr_threads", 1, "onnxruntime threads of backends fusion / moonshine (fusion's pocketsphinx "
+                  "worker process takes another core)", CONFIGURE, 1, 64),
         ParamSpec("audio_msg_type", "AudioStamped", "audio message type on the audio topic "
                   "(audio_common_msgs/<type>)", CONFIGURE, choices=AUDIO_MSG_TYPES),
         ParamSpec("audio_sample_rate", 16000, "sample rate (Hz) of ros-drivers AudioData(Stamped) input",

@@ -53,6 +53,13 @@ SAMPLE_RATE = 16000
 """Rate (Hz) of the audio every backend takes."""
 
 
+class RecognitionCancelled(Exception):
+    """Raised by a backend's ``transcribe(samples, cancel=event)`` (backends with
+    ``cancellable = True``) when ``event`` is set while it works: the recogniser no longer wants
+    that result (a speculative guess that more speech made stale), so the worker is free for
+    the next one sooner."""
+
+
 @dataclass(frozen=True)
 class Hypothesis:
     """What a backend heard in one utterance.

@@ -32,17 +32,21 @@ Features (all from one utterance; ``b = logprob / tokens ** length_alpha``):
 
 from __future__ import annotations
 
+import json
 import math
-import multiprocessing
+import os
+import select
+import struct
+import subprocess
+import sys
+import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from refavs_ros.errors import ConfigError
+from refavs_ros.errors import BackendUnavailableError, ConfigError
 from refavs_ros.voice.asr import SAMPLE_RATE, GrammarBackend, Hypothesis, _check_utterance
 from refavs_ros.voice.grammar_search import surface_forms
 from refavs_ros.voice.moonshine import START_TOKEN, MoonshineBackend, MoonshineModel, _Rows
@@ -225,85 +229,118 @@ class FusionScorer:
 
 # ----------------------------------------------------------------------- pocketsphinx worker
 
-_WORKER_BACKEND: GrammarBackend | None = None
-
-
-def _worker_init(lists: dict, rules: dict, pronunciations: dict, wake_phrase: str) -> None:
-    global _WORKER_BACKEND
-    _WORKER_BACKEND = GrammarBackend(Vocabulary(lists, rules, pronunciations), wake_phrase, cmn="batch", garbage=False)
-
-
-def _worker_decode(samples_16k: np.ndarray) -> str:
-    assert _WORKER_BACKEND is not None
-    return _WORKER_BACKEND.transcribe(samples_16k).text
-
 
 class PocketsphinxProposer:
     """pocketsphinx's grammar 1-best of an utterance, decoded in a worker process.
 
     pocketsphinx holds the GIL while it decodes (measured: a thread beside it gains nothing),
-    so a process is the only way to overlap it with Moonshine on a 2-core robot. The worker
-    decodes with batch cepstral mean normalisation and no phone loop (only its sentence is
-    used, not its confidence).
+    so a separate interpreter (:mod:`refavs_ros.voice.ps_worker`, started with
+    :mod:`subprocess`) is the only way to overlap it with Moonshine. The worker decodes with
+    batch cepstral mean normalisation and no phone loop (only its sentence is used, not its
+    confidence). Use: ``job = submit(x)`` (returns at once), Moonshine runs, then
+    ``result(job)``; one utterance at a time, from one thread.
 
     Args:
         vocabulary: the command vocabulary (its JSGF grammar).
         wake_phrase: optional wake phrase (optional leading words of the grammar).
         in_process: decode in the calling thread instead (no process; for tools and tests).
+        timeout_sec: longest wait for the worker's answer or start (s).
 
     Raises:
         ConfigError / BackendUnavailableError / ModelLoadError: as :class:`GrammarBackend`
-            (checked here, in this process, before the worker starts).
+            (checked here, in this process, before any worker starts).
     """
 
-    def __init__(self, vocabulary: Vocabulary, wake_phrase: str = "", *, in_process: bool = False) -> None:
-        self._args = (vocabulary.lists, vocabulary.rules, vocabulary.pronunciations, wake_phrase)
+    def __init__(self, vocabulary: Vocabulary, wake_phrase: str = "", *, in_process: bool = False,
+                 timeout_sec: float = 10.0) -> None:
+        self._config = json.dumps({"lists": vocabulary.lists, "rules": vocabulary.rules,
+                                   "pronunciations": vocabulary.pronunciations, "wake_phrase": wake_phrase})
         self._local = GrammarBackend(vocabulary, wake_phrase, cmn="batch", garbage=False)  # checks the grammar
         self.in_process = in_process
-        self._pool: ProcessPoolExecutor | None = None
+        self.timeout_sec = float(timeout_sec)
+        self._proc: subprocess.Popen | None = None
         self.failures = 0
+        self.last_error = ""
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_worker_init, initargs=self._args)
-        return self._pool
+    def _read_reply(self, proc: subprocess.Popen) -> dict:
+        ready, _, _ = select.select([proc.stdout], [], [], self.timeout_sec)
+        if not ready:
+            raise TimeoutError(f"no answer from the pocketsphinx worker in {self.timeout_sec} s")
+        line = proc.stdout.readline()
+        if not line:
+            raise EOFError(f"the pocketsphinx worker exited (code {proc.poll()})")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"pocketsphinx worker: {reply['error']}")
+        return reply
 
     def start(self) -> None:
-        """Start the worker now (it takes about a second) instead of at the first utterance."""
-        if not self.in_process:
-            self._executor().submit(int, 0).result()
+        """Start the worker now (about a second) instead of at the first utterance.
 
-    def submit(self, samples_16k: np.ndarray) -> Future | str:
-        """Start decoding float32 (N,) 16 kHz audio; pass the result to :meth:`result`."""
-        if self.in_process:
-            return self._local.transcribe(samples_16k).text
+        Raises:
+            BackendUnavailableError: the worker could not be started or did not get ready.
+        """
+        if self.in_process or (self._proc is not None and self._proc.poll() is None):
+            return
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        proc = subprocess.Popen([sys.executable, "-m", "refavs_ros.voice.ps_worker"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         try:
-            return self._executor().submit(_worker_decode, samples_16k)
-        except (BrokenProcessPool, RuntimeError):
-            self._restart()
-            return ""
+            proc.stdin.write((self._config + "\n").encode())
+            proc.stdin.flush()
+            self._read_reply(proc)
+        except (OSError, ValueError, TimeoutError, EOFError, RuntimeError) as exc:
+            proc.kill()
+            proc.wait()
+            raise BackendUnavailableError(f"cannot start the pocketsphinx worker process: {exc}") from None
+        self._proc = proc
 
-    def result(self, job: Future | str, timeout: float = 5.0) -> str:
-        """The normalised 1-best sentence ("" if none, or if the worker failed: counted in
-        :attr:`failures` and the worker restarted for the next utterance)."""
-        if isinstance(job, str):
+    def submit(self, samples_16k: np.ndarray) -> str | None:
+        """Send float32 (N,) 16 kHz audio to the worker (or decode it now, ``in_process``); pass
+        the return value to :meth:`result`."""
+        x = np.ascontiguousarray(samples_16k, "<f4")
+        if self.in_process:
+            return self._local.transcribe(x).text
+        try:
+            self.start()
+            self._proc.stdin.write(struct.pack("<Q", x.size) + x.tobytes())
+            self._proc.stdin.flush()
+        except (OSError, ValueError, BackendUnavailableError) as exc:
+            self._failed(exc)
+            return ""
+        return None
+
+    def result(self, job: str | None) -> str:
+        """The worker's 1-best sentence, normalised ("" if none). A worker that died, hung or
+        failed costs this utterance pocketsphinx's candidate only: the failure is counted
+        (:attr:`failures`, :attr:`last_error`) and the next utterance starts a new worker."""
+        if job is not None:
             return job
         try:
-            return job.result(timeout=timeout)
-        except Exception:  # noqa: BLE001  (a dead or stuck worker must not stop recognition)
-            self._restart()
+            return normalise_text(str(self._read_reply(self._proc)["text"]))
+        except (OSError, ValueError, TimeoutError, EOFError, RuntimeError, KeyError) as exc:
+            self._failed(exc)
             return ""
 
-    def _restart(self) -> None:
+    def _failed(self, exc: BaseException) -> None:
         self.failures += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
         self.close()
 
     def close(self) -> None:
         """Stop the worker process (a later :meth:`submit` starts a new one)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()  # end of input: the worker exits
+            proc.wait(timeout=2.0)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 class FusionBackend:
@@ -318,6 +355,8 @@ class FusionBackend:
         scorer: a :class:`FusionScorer` or the path of its YAML file (None = the shipped one).
         threads: onnxruntime intra-op threads of both Moonshine models.
         in_process: run pocketsphinx in this thread (:class:`PocketsphinxProposer`).
+        warm_up: start the pocketsphinx worker and run every model once on 1 s of low noise
+            now (about 1 s), so the first command is not slower than the others.
 
     Raises:
         ModelLoadError: a missing Moonshine directory (named; ``refavs-voice-models fetch
@@ -329,10 +368,11 @@ class FusionBackend:
     name = "fusion"
     constrained = True
     streaming = False
+    cancellable = True
 
     def __init__(self, vocabulary: Vocabulary, model_dir: str | Path = "", *, rescore_dir: str | Path = "",
                  wake_phrase: str = "", scorer: FusionScorer | str | Path | None = None, threads: int = 1,
-                 in_process: bool = False) -> None:
+                 in_process: bool = False, warm_up: bool = True) -> None:
         self.scorer = scorer if isinstance(scorer, FusionScorer) else FusionScorer.load(scorer)
         self.moonshine = MoonshineBackend(vocabulary, model_dir, wake_phrase=wake_phrase, threads=threads,
                                           length_alpha=self.scorer.length_alpha)
@@ -343,12 +383,16 @@ class FusionBackend:
         self.tiny = MoonshineModel(rescore_dir, threads=threads)
         self.proposer = PocketsphinxProposer(vocabulary, normalise_text(wake_phrase), in_process=in_process)
         self.confidence_threshold = float(self.scorer.threshold)
+        if warm_up:
+            self.proposer.start()
+            self.candidates((0.001 * np.random.default_rng(0).standard_normal(SAMPLE_RATE)).astype(np.float32))
 
-    def candidates(self, samples_16k: np.ndarray) -> Candidates | None:
+    def candidates(self, samples_16k: np.ndarray, cancel: threading.Event | None = None) -> Candidates | None:
         """Every model's view of one utterance (the expensive part of :meth:`transcribe`).
 
         Args:
             samples_16k: float32 (N,) 16 kHz mono in [-1, 1], 0.1-64 s used.
+            cancel: optional event; when set, the work stops at the next decoder step.
 
         Returns:
             :class:`Candidates`, or None when the audio is shorter than 0.1 s or no model found
@@ -356,13 +400,18 @@ class FusionBackend:
 
         Raises:
             InputError: empty, non-float or NaN/inf input.
+            RecognitionCancelled: ``cancel`` was set (pocketsphinx's answer is still collected,
+                so the worker is ready for the next utterance).
         """
         x = _check_utterance(samples_16k)
         if x.size < SAMPLE_RATE // 10:
             return None
         x = np.ascontiguousarray(x[: 64 * SAMPLE_RATE], np.float32)
         job = self.proposer.submit(x)
-        found, rows = self.moonshine.search(x)
+        try:
+            found, rows = self.moonshine.search(x, cancel)
+        finally:
+            ps_text = normalise_text(self.proposer.result(job))  # one answer per request, even when cancelled
         best: dict[str, tuple[float, int]] = {}
         alpha = self.scorer.length_alpha
         for c in found.completions:
@@ -371,7 +420,6 @@ class FusionBackend:
         texts = sorted(best, key=lambda t: -best[t][0] / best[t][1] ** alpha)[: self.scorer.nbest]
         lps = [best[t][0] for t in texts]
         ns = [best[t][1] for t in texts]
-        ps_text = normalise_text(self.proposer.result(job))
         if ps_text and ps_text not in texts and rows.start_logp is not None:
             ids = self.moonshine.model.encode_text(_written(ps_text))
             texts.append(ps_text)
@@ -379,7 +427,7 @@ class FusionBackend:
             ns.append(len(ids) + 1)
         if not texts:
             return None
-        tiny_rows = _Rows(self.tiny, self.tiny.encode(x))
+        tiny_rows = _Rows(self.tiny, self.tiny.encode(x), cancel)
         tiny_rows.begin()
         tiny_rows.advance([0], [START_TOKEN])
         seqs = [self.tiny.encode_text(_written(t)) for t in texts]
@@ -388,11 +436,12 @@ class FusionBackend:
                           np.asarray([float(t == ps_text) for t in texts]), float(found.greedy_logprob),
                           x.size / SAMPLE_RATE)
 
-    def transcribe(self, samples_16k: np.ndarray) -> Hypothesis:
+    def transcribe(self, samples_16k: np.ndarray, cancel: threading.Event | None = None) -> Hypothesis:
         """Recognise one utterance as a grammar sentence.
 
         Args:
             samples_16k: float32 (N,) 16 kHz mono in [-1, 1].
+            cancel: optional event; when set, recognition stops (:meth:`candidates`).
 
         Returns:
             :class:`Hypothesis`: the chosen sentence (normalised) and the acceptance model's
@@ -400,9 +449,10 @@ class FusionBackend:
 
         Raises:
             InputError: empty, non-float or NaN/inf input.
+            RecognitionCancelled: ``cancel`` was set while it worked.
         """
         t0 = time.perf_counter()
-        cands = self.candidates(samples_16k)
+        cands = self.candidates(samples_16k, cancel)
         if cands is None:
             return Hypothesis("", 0.0, (), time.perf_counter() - t0)
         i, conf = self.scorer.choose(cands)

@@ -21,6 +21,7 @@ there", a barking dog) that the grammar can only match badly.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import numpy as np
 from scipy.special import log_softmax
 
 from refavs_ros.errors import BackendUnavailableError, ConfigError, ModelLoadError
-from refavs_ros.voice.asr import SAMPLE_RATE, Hypothesis, _check_utterance
+from refavs_ros.voice.asr import SAMPLE_RATE, Hypothesis, RecognitionCancelled, _check_utterance
 from refavs_ros.voice.grammar_search import SearchResult, TokenTrie, constrained_beam_search
 from refavs_ros.voice.vocabulary import Vocabulary, normalise_text
 
@@ -104,9 +105,10 @@ class _Rows:
     """:class:`~refavs_ros.voice.grammar_search.StepDecoder` over one utterance's encoder states:
     the key/value caches of every row, reordered by ``parents`` at each step."""
 
-    def __init__(self, model: MoonshineModel, states: np.ndarray) -> None:
+    def __init__(self, model: MoonshineModel, states: np.ndarray, cancel: threading.Event | None = None) -> None:
         self.m = model
         self.states = states  # (1, T, d)
+        self.cancel = cancel  # set -> the next advance() raises RecognitionCancelled
         self._shared: dict[int, dict[str, np.ndarray]] = {}  # rows -> the per-utterance inputs, repeated
 
     def begin(self) -> None:
@@ -118,6 +120,8 @@ class _Rows:
         self.start_logp: np.ndarray | None = None  # (V,) log p(first token | start, audio)
 
     def advance(self, parents, tokens) -> np.ndarray:
+        if self.cancel is not None and self.cancel.is_set():
+            raise RecognitionCancelled("the recogniser cancelled this utterance")
         n = len(tokens)
         if self.first and n != 1:
             raise ValueError("the first step of a search has one row")
@@ -219,6 +223,7 @@ class MoonshineBackend:
     name = "moonshine"
     constrained = True
     streaming = False
+    cancellable = True
 
     def __init__(self, vocabulary: Vocabulary, model_dir: str | Path = "", *, wake_phrase: str = "", beam: int = 16,
                  length_alpha: float = 0.8, margin: float = 10.0, threads: int = 1) -> None:
@@ -237,26 +242,31 @@ class MoonshineBackend:
         self.length_alpha = float(length_alpha)
         self.margin = float(margin)
 
-    def search(self, samples_16k: np.ndarray) -> tuple[SearchResult, _Rows]:
+    def search(self, samples_16k: np.ndarray, cancel: threading.Event | None = None) -> tuple[SearchResult, _Rows]:
         """The grammar beam search of one utterance, and the decoder rows (for rescoring
         other sentences with :meth:`_Rows.score`).
 
         Args:
             samples_16k: float32 (N,) 16 kHz mono, N >= 1600 (checked by the callers);
                 only the first 64 s are used.
+            cancel: when set, the search stops at its next decoder step.
+
+        Raises:
+            RecognitionCancelled: ``cancel`` was set.
         """
         x = samples_16k[: 64 * SAMPLE_RATE]
-        rows = _Rows(self.model, self.model.encode(x))
+        rows = _Rows(self.model, self.model.encode(x), cancel)
         budget = int(x.size / SAMPLE_RATE * TOKENS_PER_SEC) + EXTRA_TOKENS
         found = constrained_beam_search(rows, self.trie, start=START_TOKEN, eos=EOS_TOKEN, beam=self.beam,
                                         max_steps=budget, greedy=True, margin=self.margin)
         return found, rows
 
-    def transcribe(self, samples_16k: np.ndarray) -> Hypothesis:
+    def transcribe(self, samples_16k: np.ndarray, cancel: threading.Event | None = None) -> Hypothesis:
         """Recognise one utterance as the most likely grammar sentence.
 
         Args:
             samples_16k: float32 (N,) 16 kHz mono in [-1, 1]; Moonshine takes 0.1-64 s.
+            cancel: optional event; when set, recognition stops at the next decoder step.
 
         Returns:
             :class:`Hypothesis` with the sentence (normalised) and the likelihood-ratio
@@ -265,12 +275,13 @@ class MoonshineBackend:
 
         Raises:
             InputError: empty, non-float or NaN/inf input.
+            RecognitionCancelled: ``cancel`` was set while it worked.
         """
         t0 = time.perf_counter()
         x = _check_utterance(samples_16k)
         if x.size < SAMPLE_RATE // 10:
             return Hypothesis("", 0.0, (), time.perf_counter() - t0)
-        found, _ = self.search(x)
+        found, _ = self.search(x, cancel)
         done = found.completions
         if not done:
             return Hypothesis("", 0.0, (), time.perf_counter() - t0)

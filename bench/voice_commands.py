@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gate-db", type=float, default=None,
                    help="VAD min_level_above_ambient_db (default: the config's; negative = off)")
     p.add_argument("--threshold", type=float, default=None, help="confidence threshold (default: config)")
+    p.add_argument("--commander-drop-db", type=float, default=None,
+                   help="RecognizerConfig.commander_drop_db (default: config; negative = off)")
     p.add_argument("--min-silence", type=float, default=None)
     p.add_argument("--json", default="")
     p.add_argument("--errors", action="store_true")
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     kw = {}
     if args.threshold is not None:
         kw["confidence_threshold"] = args.threshold
+    if args.commander_drop_db is not None:
+        kw["commander_drop_db"] = args.commander_drop_db
     vad_kw = {}
     if args.min_silence is not None:
         vad_kw.update(min_silence_sec=args.min_silence, speech_pad_sec=min(VadConfig.speech_pad_sec, args.min_silence))

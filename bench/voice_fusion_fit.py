@@ -49,7 +49,12 @@ def collect(args) -> None:
     from bench.voice_commands import run_scene
     from refavs_ros.scenes import generate_scene
     from refavs_ros.scenes.speech import speak_scene
-    from refavs_ros.voice import RecognizerConfig, Vocabulary, VoiceCommandRecognizer, normalise_text
+    from refavs_ros.voice import (
+        RecognizerConfig,
+        Vocabulary,
+        VoiceCommandRecognizer,
+        normalise_text,
+    )
     from refavs_ros.voice.asr import Hypothesis
     from refavs_ros.voice.fusion import FusionBackend
 
@@ -193,7 +198,7 @@ def fit(rows, length_alpha: float = 0.8, nbest: int = 6, fitted_on: str = ""):
 
 
 def fit_main(args) -> None:
-    files = [pickle.load(open(p, "rb")) for p in args.files]
+    files = [pickle.loads(Path(p).read_bytes()) for p in args.files]
     if len(files) > 1:
         print("cross-check (fitted on one file, exact match on the others):")
         for i, f in enumerate(files):

@@ -163,3 +163,16 @@ def tiny_weights(tiny_cfg, tmp_path_factory) -> Path:
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
     return save_eemc(model, tmp_path_factory.mktemp("weights") / "tiny.safetensors")
+
+
+def installed_voice_model(name: str) -> Path:
+    """Directory of the installed voice model ``name`` (``refavs-voice-models fetch``); skips the
+    test when it is missing, or FAILS it when ``REFAVS_VOICE_MODELS_REQUIRED=1`` (``.ci/run``)."""
+    from refavs_ros.voice.models import default_model_dir, verify
+
+    d = default_model_dir(name)
+    if d.is_dir() and not verify(d, name):
+        return d
+    if os.environ.get("REFAVS_VOICE_MODELS_REQUIRED") == "1":
+        pytest.fail(f"{name} is not installed in {d} (refavs-voice-models fetch)")
+    pytest.skip(f"{name} not installed (refavs-voice-models fetch)")

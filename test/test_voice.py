@@ -309,6 +309,34 @@ def test_a_stale_speculation_is_stopped_not_waited_for(vocab):
     rec.close()
 
 
+@pytest.mark.parametrize("drop_db, memory_sec, expected", [
+    (10.0, 30.0, ["the red cup"]),  # 18 dB quieter, 0.4 s after the command: someone else
+    (-1.0, 30.0, ["the red cup", "the bell"]),  # gate off
+    (10.0, 0.1, ["the red cup", "the bell"]),  # the command is too long ago to be the reference
+    (25.0, 30.0, ["the red cup", "the bell"]),  # within the allowed drop
+])
+def test_a_much_quieter_voice_after_a_command_is_not_the_commander(vocab, drop_db, memory_sec, expected):
+    backend = _FakeBackend(Hypothesis("the red cup", 0.9), Hypothesis("the bell", 0.9))
+    rec = VoiceCommandRecognizer(RecognizerConfig(commander_drop_db=drop_db, commander_memory_sec=memory_sec),
+                                 backend=backend, vocabulary=vocab, vad=_energy_vad)
+    x = _burst_stream([(0.5, 1.5)], total_sec=4.0, amp=0.5) + _burst_stream([(2.5, 3.2)], total_sec=4.0, amp=0.063)
+    assert [c.text for c in _stream(rec, x)] == expected
+    if len(expected) == 1:
+        quiet = rec.transcripts[-1]
+        assert quiet.reason == "too quiet" and "dB below the last command" in quiet.warnings[0]
+        assert quiet.text == "" and quiet.decode_sec == 0.0  # its recognition (a speculation) is not used
+    # a new stream forgets the commander's level
+    rec.reset()
+    assert rec._commander is None
+
+
+def test_commander_gate_settings_are_checked():
+    with pytest.raises(ConfigError, match="commander_memory_sec"):
+        RecognizerConfig(commander_memory_sec=-1.0).validated()
+    with pytest.raises(ConfigError, match="commander_drop_db"):
+        RecognizerConfig(commander_drop_db=float("nan")).validated()
+
+
 def test_speculation_off_recognises_the_final_segment(vocab):
     backend = _LengthBackend(0.0)
     rec = VoiceCommandRecognizer(RecognizerConfig(speculative_sec=0.0), backend=backend, vocabulary=vocab,

@@ -8,15 +8,20 @@ otherwise, failed when ``REFAVS_VOICE_MODELS_REQUIRED=1``, as ``.ci/run`` sets).
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import numpy as np
 import pytest
 import yaml
+from conftest import installed_voice_model
 
 from refavs_ros.errors import ConfigError, InputError, ModelLoadError
-from refavs_ros.voice import RecognizerConfig, Vocabulary, VoiceCommandRecognizer, normalise_text
+from refavs_ros.voice import (
+    RecognizerConfig,
+    Vocabulary,
+    VoiceCommandRecognizer,
+    normalise_text,
+)
 from refavs_ros.voice.asr import Hypothesis, build_backend
 from refavs_ros.voice.fusion import (
     ACCEPT_FEATURES,
@@ -151,17 +156,6 @@ def test_backends_without_their_own_threshold_get_the_default():
 # ------------------------------------------------------------------------ real models
 
 
-def _installed(name: str):
-    from refavs_ros.voice.models import default_model_dir, verify
-
-    d = default_model_dir(name)
-    if d.is_dir() and not verify(d, name):
-        return d
-    if os.environ.get("REFAVS_VOICE_MODELS_REQUIRED") == "1":
-        pytest.fail(f"{name} is not installed in {d} (refavs-voice-models fetch)")
-    pytest.skip(f"{name} not installed (refavs-voice-models fetch)")
-
-
 def say(text: str, voice: str = "en-us", seed: int = 0) -> np.ndarray:
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed")
@@ -177,8 +171,8 @@ def say(text: str, voice: str = "en-us", seed: int = 0) -> np.ndarray:
 def fusion():
     from refavs_ros.voice.fusion import FusionBackend
 
-    _installed("moonshine-base")
-    _installed("moonshine-tiny")
+    installed_voice_model("moonshine-base")
+    installed_voice_model("moonshine-tiny")
     b = FusionBackend(Vocabulary.load(), in_process=True)
     yield b
     b.close()
@@ -253,8 +247,8 @@ def test_pocketsphinx_worker_process_survives_being_killed():
 
 
 def test_fusion_from_the_recogniser_and_missing_models_named(tmp_path):
-    base = _installed("moonshine-base")
-    _installed("moonshine-tiny")
+    base = installed_voice_model("moonshine-base")
+    installed_voice_model("moonshine-tiny")
     with pytest.raises(ModelLoadError, match="no-tiny"):
         build_backend("fusion", Vocabulary.load(), moonshine_dir=base, rescore_dir=tmp_path / "no-tiny")
     rec = VoiceCommandRecognizer(RecognizerConfig(), vocabulary=Vocabulary.load())
@@ -276,8 +270,8 @@ def test_cancelled_fusion_stops_and_keeps_the_worker_in_step():
     from refavs_ros.voice.asr import RecognitionCancelled
     from refavs_ros.voice.fusion import FusionBackend
 
-    _installed("moonshine-base")
-    _installed("moonshine-tiny")
+    installed_voice_model("moonshine-base")
+    installed_voice_model("moonshine-tiny")
     b = FusionBackend(Vocabulary.load(), warm_up=False)
     try:
         stop = threading.Event()

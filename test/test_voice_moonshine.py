@@ -13,7 +13,6 @@ import base64
 import hashlib
 import io
 import json
-import os
 import shutil
 import tarfile
 import zipfile
@@ -21,6 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import installed_voice_model
 
 from refavs_ros.errors import ConfigError, InputError, ModelLoadError
 from refavs_ros.voice import (
@@ -29,13 +29,13 @@ from refavs_ros.voice import (
     VoiceCommandRecognizer,
     normalise_text,
 )
-from refavs_ros.voice.recognizer import DEFAULT_CONFIDENCE_THRESHOLD
 from refavs_ros.voice.grammar_search import (
     END,
     TokenTrie,
     constrained_beam_search,
     surface_forms,
 )
+from refavs_ros.voice.recognizer import DEFAULT_CONFIDENCE_THRESHOLD
 
 RATE = 16000
 T0 = 1_700_000_000 * 10**9
@@ -278,14 +278,9 @@ def test_missing_moonshine_directory_is_named(tmp_path, vocab):
 
 
 def _installed_model():
-    from refavs_ros.voice.models import DEFAULT_MODEL, default_model_dir, verify
+    from refavs_ros.voice.models import DEFAULT_MODEL
 
-    d = default_model_dir(DEFAULT_MODEL)
-    if d.is_dir() and not verify(d, DEFAULT_MODEL):
-        return d
-    if os.environ.get("REFAVS_VOICE_MODELS_REQUIRED") == "1":
-        pytest.fail(f"{DEFAULT_MODEL} is not installed in {d} (refavs-voice-models fetch)")
-    pytest.skip(f"{DEFAULT_MODEL} not installed (refavs-voice-models fetch)")
+    return installed_voice_model(DEFAULT_MODEL)
 
 
 @pytest.fixture(scope="module")

@@ -182,6 +182,8 @@ def _voice_parameters():
                   1.0, 30.0),
         ParamSpec("speculative_sec", 0.05, "pause (s) after which backends fusion / moonshine start recognising the "
                   "utterance so far, while the VAD waits out min_silence_sec; 0 = off", CONFIGURE, 0.0, 5.0),
+        ParamSpec("commander_drop_db", 10.0, "utterances this many dB below the last accepted command (within "
+                  "30 s) are not the commander and are dropped; negative = off", CONFIGURE, -1.0, 60.0),
         ParamSpec("asr_threads", 1, "onnxruntime threads of backends fusion / moonshine (fusion's pocketsphinx "
                   "worker process takes another core)", CONFIGURE, 1, 64),
         ParamSpec("audio_msg_type", "AudioStamped", "audio message type on the audio topic "
@@ -224,6 +226,7 @@ def recognizer_config_from_params(values: dict) -> tuple[Any, str, int, int]:
                               moonshine_dir=v["moonshine_dir"], rescore_dir=v["rescore_dir"], wake_phrase=v["wake_phrase"],
                               confidence_threshold=v["confidence_threshold"],
                               match=v["match"], vad=vad, speculative_sec=v["speculative_sec"],
+                              commander_drop_db=v["commander_drop_db"],
                               asr_threads=v["asr_threads"]).validated()
     return config, v["audio_msg_type"], v["audio_sample_rate"], v["audio_channels"]
 

@@ -47,9 +47,19 @@ from pathlib import Path
 import numpy as np
 
 from refavs_ros.errors import BackendUnavailableError, ConfigError
-from refavs_ros.voice.asr import SAMPLE_RATE, GrammarBackend, Hypothesis, _check_utterance
+from refavs_ros.voice.asr import (
+    SAMPLE_RATE,
+    GrammarBackend,
+    Hypothesis,
+    _check_utterance,
+)
 from refavs_ros.voice.grammar_search import surface_forms
-from refavs_ros.voice.moonshine import START_TOKEN, MoonshineBackend, MoonshineModel, _Rows
+from refavs_ros.voice.moonshine import (
+    START_TOKEN,
+    MoonshineBackend,
+    MoonshineModel,
+    _Rows,
+)
 from refavs_ros.voice.vocabulary import Vocabulary, normalise_text
 
 RERANK_FEATURES = ("base", "tiny", "pocketsphinx")

@@ -29,8 +29,17 @@ import numpy as np
 from scipy.special import log_softmax
 
 from refavs_ros.errors import BackendUnavailableError, ConfigError, ModelLoadError
-from refavs_ros.voice.asr import SAMPLE_RATE, Hypothesis, RecognitionCancelled, _check_utterance
-from refavs_ros.voice.grammar_search import SearchResult, TokenTrie, constrained_beam_search
+from refavs_ros.voice.asr import (
+    SAMPLE_RATE,
+    Hypothesis,
+    RecognitionCancelled,
+    _check_utterance,
+)
+from refavs_ros.voice.grammar_search import (
+    SearchResult,
+    TokenTrie,
+    constrained_beam_search,
+)
 from refavs_ros.voice.vocabulary import Vocabulary, normalise_text
 
 MODEL_FILES = ("encoder_model.onnx", "decoder_model_merged.onnx", "tokenizer.json")

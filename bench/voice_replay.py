@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snr", type=float, default=20.0)
     p.add_argument("--work", default="/tmp/voice_replay")
     p.add_argument("--json", default="")
+    p.add_argument("--modes", nargs="+", default=["zero", "off"], choices=["zero", "attenuate", "off"],
+                   help="suppression modes to replay (default: zero off)")
+    p.add_argument("--pad-sec", type=float, default=None, help="VoiceOptions.pad_sec (default: its default)")
     args = p.parse_args(argv)
 
     from refavs_ros.node.voice import VoiceOptions, VoiceStage
@@ -98,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         cache.write_bytes(pickle.dumps((typed_summary, dict(typed_frames))))
     out["runs"]["typed"] = {k: typed_summary[k] for k in ("J", "F", "S", "frames", "latency_ms")}
     print(f"typed: J {typed_summary['J']}, F {typed_summary['F']}, S {typed_summary['S']}", flush=True)
-    for mode in ("zero", "off"):
-        stage = VoiceStage(recognizer, VoiceOptions(suppression=mode))
+    pad = {} if args.pad_sec is None else {"pad_sec": args.pad_sec}
+    out["pad_sec"] = VoiceOptions(**pad).pad_sec
+    for mode in args.modes:
+        stage = VoiceStage(recognizer, VoiceOptions(suppression=mode, **pad))
         summ, frames, _ = run(spoken, stage, predictor)
         # typed over the same frames: the last K typed frames of each clip, K = frames the spoken run scored
         same = [f for clip, fr in frames.items() for f in typed_frames.get(clip, [])[len(typed_frames.get(clip, [])) - len(fr):]]

@@ -787,7 +787,7 @@ def test_voice_stage_in_the_pipeline_sets_the_command_and_suppresses_the_speech(
     rec = VoiceCommandRecognizer(RecognizerConfig(), backend=_FakeBackend(Hypothesis("the red cup", 0.9)),
                                  vocabulary=vocab, vad=_energy_vad)
     pred = _Pred()
-    pipe = MessagePipeline(pred, voice=VoiceStage(rec, VoiceOptions(suppression="attenuate", attenuation_db=20)))
+    pipe = MessagePipeline(pred, voice=VoiceStage(rec, VoiceOptions(suppression="attenuate", attenuation_db=20, pad_sec=0.15)))
     x = (_burst_stream([(0.5, 1.5)], 3.0) * 32767).astype(np.int16)
     changes = []
     for i in range(0, x.size, 512):

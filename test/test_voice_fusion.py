@@ -283,3 +283,17 @@ def test_cancelled_fusion_stops_and_keeps_the_worker_in_step():
         assert b.proposer.failures == 0
     finally:
         b.close()
+
+
+def test_fetch_without_a_name_installs_what_the_default_backend_needs(monkeypatch, tmp_path, capsys):
+    from refavs_ros.tools.voice_models import main
+    from refavs_ros.voice import models
+
+    got = []
+    monkeypatch.setattr(models, "fetch", lambda name, dest=None, **kw: got.append((name, dest)))
+    assert main(["fetch"]) == 0
+    assert got == [("moonshine-base", None), ("moonshine-tiny", None)] == [(n, None) for n in models.DEFAULT_MODELS]
+    got.clear()
+    assert main(["fetch", "moonshine-tiny", "--dir", str(tmp_path)]) == 0 and got == [("moonshine-tiny", tmp_path)]
+    assert main(["fetch", "--dir", str(tmp_path)]) == 2  # one directory cannot hold two models
+    assert "--dir needs a model name" in capsys.readouterr().err

@@ -218,7 +218,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "refavs-voice-models fetch installs", CONFIGURE),
     ParamSpec("voice_wake_phrase", "", "words a spoken command must start with; empty = none", CONFIGURE),
     ParamSpec("voice_confidence_threshold", -1.0, "minimum recogniser confidence of a voice command; "
-              "negative = the backend's own (fusion 0.4, others 0.1)", CONFIGURE, -1.0, 1.0),
+              "negative = the backend's own (fusion 0.3, others 0.1)", CONFIGURE, -1.0, 1.0),
     ParamSpec("voice_suppression", "zero", "the command utterance in the audio memory: zero, attenuate "
               "or off (the speaker is not the sounding object)", CONFIGURE,
               choices=("zero", "attenuate", "off")),

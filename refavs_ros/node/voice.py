@@ -175,7 +175,7 @@ def _voice_parameters():
                   "(mentions an object noun) or any; empty = grammar", CONFIGURE,
                   choices=("", "grammar", "vocabulary", "any")),
         ParamSpec("confidence_threshold", -1.0, "minimum recogniser confidence of a published command; "
-                  "negative = the backend's own (fusion: 0.4 from its scorer file; others 0.1)", DYNAMIC, -1.0, 1.0),
+                  "negative = the backend's own (fusion: 0.3 from its scorer file; others 0.1)", DYNAMIC, -1.0, 1.0),
         ParamSpec("vad_threshold", 0.5, "silero-vad speech probability that starts an utterance", CONFIGURE,
                   0.01, 0.99),
         ParamSpec("min_speech_sec", 0.25, "utterances with less speech (s) are ignored", CONFIGURE, 0.0, 10.0),

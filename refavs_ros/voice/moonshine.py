@@ -128,6 +128,16 @@ class _Rows:
         self.start_past: dict[str, np.ndarray] = {}  # self-attention caches after the start token (1 row)
         self.start_logp: np.ndarray | None = None  # (V,) log p(first token | start, audio)
 
+    def _repeated(self, n: int) -> dict[str, np.ndarray]:
+        """Encoder states and cross-attention caches (the same for every row) repeated for ``n``
+        rows; kept per ``n`` (valid once the start step has filled the caches)."""
+        shared = self._shared.get(n)
+        if shared is None:
+            shared = {"encoder_hidden_states": np.repeat(self.states, n, axis=0)}
+            shared.update({k: np.repeat(v, n, axis=0) for k, v in self.past.items() if ".encoder." in k})
+            self._shared[n] = shared
+        return shared
+
     def advance(self, parents, tokens) -> np.ndarray:
         if self.cancel is not None and self.cancel.is_set():
             raise RecognitionCancelled("the recogniser cancelled this utterance")
@@ -141,12 +151,7 @@ class _Rows:
             feed["encoder_hidden_states"] = self.states
             feed.update(self.past)
         else:
-            shared = self._shared.get(n)
-            if shared is None:  # encoder states and cross-attention caches: the same for every row
-                shared = {"encoder_hidden_states": np.repeat(self.states, n, axis=0)}
-                shared.update({k: np.repeat(v, n, axis=0) for k, v in self.past.items() if ".encoder." in k})
-                self._shared[n] = shared
-            feed.update(shared)
+            feed.update(self._repeated(n))
             for name, v in self.past.items():
                 if ".decoder." in name:  # self-attention cache (B_prev, heads, S, head_dim): each row's parent
                     feed[name] = v[idx]
@@ -191,11 +196,7 @@ class _Rows:
         ids = np.full((n, width), EOS_TOKEN, np.int64)  # padded after each sequence: causal, so harmless
         for i, q in enumerate(sequences):
             ids[i, : len(q)] = q
-        feed = {"input_ids": ids, "use_cache_branch": np.array([True]),
-                "encoder_hidden_states": np.repeat(self.states, n, axis=0)}
-        for name, v in self.past.items():
-            if ".encoder." in name:
-                feed[name] = np.repeat(v[:1], n, axis=0)
+        feed = {"input_ids": ids, "use_cache_branch": np.array([True]), **self._repeated(n)}
         for name, v in self.start_past.items():
             feed[name] = np.repeat(v, n, axis=0)
         logits = self.m.decoder.run(None, feed)[0]  # (n, width, V)

@@ -138,19 +138,15 @@ def fit_rerank(rows, length_alpha: float, l2: float = 0.1) -> np.ndarray:
     return minimize(nll, w0, jac=True, method="L-BFGS-B").x
 
 
-def _chosen(c, w, alpha):
-    z = c.rerank_features(alpha) @ w
-    order = np.argsort(-z)
-    return int(order[0]), float(z[order[0]] - z[order[1]]) if z.size > 1 else 5.0
-
-
 def fit_accept(rows, w, length_alpha: float, l2: float = 1.0):
     """Standardisation and logistic weights of the acceptance model (see module doc)."""
+    from refavs_ros.voice.fusion import rank
+
     xs, ys = [], []
     for r in rows:
         for u in r["utterances"]:
             c = u["candidates"]
-            j, margin = _chosen(c, w, length_alpha)
+            j, margin = rank(c.rerank_features(length_alpha), w)
             xs.append(c.accept_features(j, margin))
             ys.append(float(u["command"] and c.texts[j] == r["ref"]))
     x = np.array(xs)

@@ -53,7 +53,7 @@ from refavs_ros.voice.asr import (
     Hypothesis,
     _check_utterance,
 )
-from refavs_ros.voice.grammar_search import surface_forms
+from refavs_ros.voice.grammar_search import Completion, surface_forms
 from refavs_ros.voice.moonshine import (
     START_TOKEN,
     MoonshineBackend,
@@ -70,6 +70,19 @@ MARGIN_CAP = 5.0
 
 
 DEFAULT_SCORER = "config/voice_fusion.yaml"
+
+
+def rank(features: np.ndarray, weights: np.ndarray) -> tuple[int, float]:
+    """The reranker's pick: index of the candidate with the largest ``features @ weights`` and
+    its margin over the runner-up (:data:`MARGIN_CAP` when it is alone).
+
+    Args:
+        features: float (K, 3) :meth:`Candidates.rerank_features`, K >= 1. weights: float (3,).
+    """
+    z = features @ weights
+    order = np.argsort(-z)
+    best = int(order[0])
+    return best, float(z[best] - z[order[1]]) if z.size > 1 else MARGIN_CAP
 
 
 def default_scorer_path() -> Path:
@@ -166,10 +179,7 @@ class FusionScorer:
 
     def choose(self, cands: Candidates) -> tuple[int, float]:
         """Index of the winning candidate and its confidence in (0, 1)."""
-        z = cands.rerank_features(self.length_alpha) @ self.rerank
-        order = np.argsort(-z)
-        best = int(order[0])
-        margin = float(z[best] - z[order[1]]) if z.size > 1 else MARGIN_CAP
+        best, margin = rank(cands.rerank_features(self.length_alpha), self.rerank)
         f = (cands.accept_features(best, margin) - self.accept_mean) / self.accept_scale
         logit = float(np.clip(f @ self.accept_weights + self.accept_bias, -50.0, 50.0))
         return best, 1.0 / (1.0 + math.exp(-logit))
@@ -265,7 +275,9 @@ class PocketsphinxProposer:
                  timeout_sec: float = 10.0) -> None:
         self._config = json.dumps({"lists": vocabulary.lists, "rules": vocabulary.rules,
                                    "pronunciations": vocabulary.pronunciations, "wake_phrase": wake_phrase})
-        self._local = GrammarBackend(vocabulary, wake_phrase, cmn="batch", garbage=False)  # checks the grammar
+        # built here to check the grammar (its errors raised in this process), kept only when used
+        local = GrammarBackend(vocabulary, wake_phrase, cmn="batch", garbage=False)
+        self._local = local if in_process else None
         self.in_process = in_process
         self.timeout_sec = float(timeout_sec)
         self._proc: subprocess.Popen | None = None
@@ -422,15 +434,16 @@ class FusionBackend:
             found, rows = self.moonshine.search(x, cancel)
         finally:
             ps_text = normalise_text(self.proposer.result(job))  # one answer per request, even when cancelled
-        best: dict[str, tuple[float, int]] = {}
         alpha = self.scorer.length_alpha
+        best: dict[str, Completion] = {}  # each sentence's best surface form
         for c in found.completions:
-            if c.text not in best or c.normalised(alpha) > best[c.text][0] / best[c.text][1] ** alpha:
-                best[c.text] = (c.logprob, c.tokens)
-        texts = sorted(best, key=lambda t: -best[t][0] / best[t][1] ** alpha)[: self.scorer.nbest]
-        lps = [best[t][0] for t in texts]
-        ns = [best[t][1] for t in texts]
-        if ps_text and ps_text not in texts and rows.start_logp is not None:
+            if c.text not in best or c.normalised(alpha) > best[c.text].normalised(alpha):
+                best[c.text] = c
+        kept = sorted(best.values(), key=lambda c: -c.normalised(alpha))[: self.scorer.nbest]
+        texts = [c.text for c in kept]
+        lps = [c.logprob for c in kept]
+        ns = [c.tokens for c in kept]
+        if ps_text and ps_text not in texts:  # the search's start step is in rows: score it there
             ids = self.moonshine.model.encode_text(_written(ps_text))
             texts.append(ps_text)
             lps.append(float(rows.score([ids])[0]))

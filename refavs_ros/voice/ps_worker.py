@@ -31,13 +31,10 @@ def _reply(out, obj: dict) -> None:
 
 
 def _read_exact(inp, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = inp.read(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
+    """``n`` bytes from a blocking buffered stream (its ``read(n)`` returns fewer only at end of
+    input); None at end of input."""
+    data = inp.read(n)
+    return data if len(data) == n else None
 
 
 def serve(inp, out) -> int:
